@@ -1,0 +1,1 @@
+"""gpperf-torch: per-shape tile selection for Triton matmul."""

@@ -1,0 +1,29 @@
+"""Pure-Triton kernels of gpperf-torch (installed as ``gpperf_torch.kernels``)."""
+
+from .configs import (
+    CANDIDATE_GRID,
+    DEFAULT_CONFIG,
+    SMALL_TILE_GRID,
+    SPLIT_K_GRID,
+    TileConfig,
+    candidate_space,
+    check_config,
+    elem_size,
+    is_valid,
+)
+from .matmul import check_inputs, interpreting, launch
+
+__all__ = [
+    "CANDIDATE_GRID",
+    "DEFAULT_CONFIG",
+    "SMALL_TILE_GRID",
+    "SPLIT_K_GRID",
+    "TileConfig",
+    "candidate_space",
+    "check_config",
+    "check_inputs",
+    "elem_size",
+    "interpreting",
+    "is_valid",
+    "launch",
+]

@@ -1,0 +1,235 @@
+"""Tiled matmul in Triton: C[M, N] = A[M, K] @ B[K, N] with tunable tiles, grouped ordering and split-K.
+
+Structure follows Triton's tutorial 03: arguments grouped (pointers, sizes, strides, meta-parameters), grouped
+program ordering for L2 reuse, a masked K loop, an fp32 accumulator. Split-K writes fp32 partial sums to a
+workspace that a second kernel reduces in a fixed order, so results are bitwise reproducible (no atomics).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .configs import TileConfig, check_config, elem_size
+
+_SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
+_TL_DTYPE = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
+_INT32_MAX = 2**31 - 1
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels through its CPU interpreter (TRITON_INTERPRET=1 at import time)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@triton.jit
+def _matmul_kernel(
+    # pointers
+    a_ptr,
+    b_ptr,
+    c_ptr,
+    # sizes
+    M,
+    N,
+    K,
+    # strides (elements)
+    stride_am,
+    stride_ak,
+    stride_bk,
+    stride_bn,
+    stride_cs,
+    stride_cm,
+    stride_cn,
+    # meta-parameters
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    INDEX_64: tl.constexpr,
+):
+    pid = tl.program_id(axis=0)
+    pid_k = tl.program_id(axis=1)
+    # Grouped ordering: GROUP_M consecutive programs walk down a column of tiles so they share B in L2.
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+
+    # Rows/columns past the edge wrap around (always in bounds); their results are masked at the store.
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_am = tl.max_contiguous(tl.multiple_of(offs_m % M, BLOCK_M), BLOCK_M)
+    offs_bn = tl.max_contiguous(tl.multiple_of(offs_n % N, BLOCK_N), BLOCK_N)
+    if INDEX_64:
+        offs_m = offs_m.to(tl.int64)
+        offs_n = offs_n.to(tl.int64)
+        offs_am = offs_am.to(tl.int64)
+        offs_bn = offs_bn.to(tl.int64)
+
+    # This program's slice of K: whole BLOCK_K steps, the last slice may be short or empty.
+    k_per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
+    k_start = pid_k * k_per_split
+    offs_k = k_start + tl.arange(0, BLOCK_K)
+    a_ptrs = a_ptr + (offs_am[:, None] * stride_am + offs_k[None, :] * stride_ak)
+    b_ptrs = b_ptr + (offs_k[:, None] * stride_bk + offs_bn[None, :] * stride_bn)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    k_end = tl.minimum(k_start + k_per_split, K)
+    for k in range(0, tl.cdiv(k_end - k_start, BLOCK_K)):
+        k_mask = offs_k < k_end - k * BLOCK_K
+        a = tl.load(a_ptrs, mask=k_mask[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=k_mask[:, None], other=0.0)
+        if UPCAST:
+            # Interpreter only: its bf16 dot is wrong upstream, so multiply the same values in fp32.
+            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+
+    c_ptrs = c_ptr + pid_k.to(tl.int64) * stride_cs + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
+    c_mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
+
+
+@triton.jit
+def _splitk_reduce_kernel(
+    ws_ptr,
+    c_ptr,
+    M,
+    N,
+    stride_ws,
+    stride_cm,
+    stride_cn,
+    SPLIT_K: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    # Sum the SPLIT_K fp32 partial products in a fixed order: same bits on every run.
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < M * N
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in tl.static_range(SPLIT_K):
+        acc += tl.load(ws_ptr + s * stride_ws + offs, mask=mask, other=0.0)
+    row = offs // N
+    col = offs % N
+    tl.store(c_ptr + row * stride_cm + col * stride_cn, acc.to(c_ptr.dtype.element_ty), mask=mask)
+
+
+def _span(t: torch.Tensor) -> int:
+    """Largest element offset reachable in `t` (for choosing 64-bit indexing)."""
+    return sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride(), strict=True)) + 1
+
+
+def check_inputs(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> None:
+    """Raise ValueError/TypeError naming shapes, dtypes and devices for anything the kernel cannot take."""
+    if a.dim() != 2 or b.dim() != 2:
+        raise ValueError(f"launch expects 2-D operands, got a{tuple(a.shape)} and b{tuple(b.shape)}")
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(
+            f"inner dimensions differ: a{tuple(a.shape)} @ b{tuple(b.shape)} needs a.shape[1] == b.shape[0]"
+        )
+    if a.dtype != b.dtype:
+        raise TypeError(f"dtypes differ: a is {a.dtype}, b is {b.dtype}; cast one so both match")
+    if a.dtype not in _SUPPORTED:
+        raise TypeError(f"unsupported dtype {a.dtype}: the kernel takes float16, bfloat16 or float32")
+    if a.device != b.device:
+        raise ValueError(f"operands on different devices: a on {a.device}, b on {b.device}")
+    if out is not None:
+        want = (a.shape[0], b.shape[1])
+        if tuple(out.shape) != want or out.dtype != a.dtype or out.device != a.device:
+            raise ValueError(
+                f"out must be {want} {a.dtype} on {a.device}, got {tuple(out.shape)} {out.dtype} on {out.device}"
+            )
+
+
+def launch(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    out: torch.Tensor | None = None,
+    cfg: TileConfig | None = None,
+    *,
+    allow_tf32: bool | None = None,
+    max_shared_memory: int | None = None,
+) -> torch.Tensor:
+    """Compute ``out = a @ b`` with tile config `cfg` (check, allocate, launch). Any strides; no copies."""
+    from .configs import DEFAULT_CONFIG
+
+    check_inputs(a, b, out)
+    cfg = cfg or DEFAULT_CONFIG
+    reason = check_config(cfg, elem_size=elem_size(a.dtype), max_shared_memory=max_shared_memory)
+    if reason is not None:
+        raise ValueError(f"TileConfig {cfg.key} cannot run for {a.dtype} on {a.device}: {reason}")
+    M, K = a.shape
+    N = b.shape[1]
+    if out is None:
+        out = torch.empty((M, N), dtype=a.dtype, device=a.device)
+    if M == 0 or N == 0:
+        return out
+    if K == 0:
+        return out.zero_()
+    if allow_tf32 is None:
+        allow_tf32 = bool(torch.backends.cuda.matmul.allow_tf32)
+    precision = "tf32" if (a.dtype == torch.float32 and allow_tf32) else "ieee"
+    if a.dtype != torch.float32:
+        precision = "tf32"  # ignored by tl.dot for 16-bit inputs; keep one compiled variant
+    upcast = interpreting() and a.dtype == torch.bfloat16
+    index_64 = max(_span(a), _span(b), _span(out)) > _INT32_MAX
+
+    split_k = min(cfg.split_k, triton.cdiv(K, cfg.block_k))  # never launch empty K slices
+    if split_k > 1 and split_k * M * N > _INT32_MAX:
+        split_k = 1  # the fp32 workspace would need 64-bit indexing in the reduction; big outputs gain nothing
+    grid = (triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n), split_k)
+    if split_k == 1:
+        target, stride_cs, stride_cm, stride_cn = out, 0, out.stride(0), out.stride(1)
+    else:
+        target = torch.empty((split_k, M, N), dtype=torch.float32, device=a.device)
+        stride_cs, stride_cm, stride_cn = target.stride()
+    _matmul_kernel[grid](
+        a,
+        b,
+        target,
+        M,
+        N,
+        K,
+        a.stride(0),
+        a.stride(1),
+        b.stride(0),
+        b.stride(1),
+        stride_cs,
+        stride_cm,
+        stride_cn,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k,
+        GROUP_M=cfg.group_m,
+        SPLIT_K=split_k,
+        INPUT_PRECISION=precision,
+        UPCAST=upcast,
+        INDEX_64=index_64,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+    if split_k > 1:
+        block = 1024
+        _splitk_reduce_kernel[(triton.cdiv(M * N, block),)](
+            target,
+            out,
+            M,
+            N,
+            target.stride(0),
+            out.stride(0),
+            out.stride(1),
+            SPLIT_K=split_k,
+            BLOCK=block,
+        )
+    return out
