@@ -21,7 +21,8 @@ SUBCOMMAND_MODULES = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="gpperf-torch", description="Per-shape tile selection for Triton matmul: tune, train, evaluate, select."
+        prog="gpperf-torch",
+        description="Per-shape tile selection for Triton matmul: tune, train, evaluate, select.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -38,15 +39,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _missing(what: str) -> int:
-    print(f"gpperf-torch: this command needs {what}; install the extra: pip install 'gpperf-torch[train]'",
-          file=sys.stderr)
+    print(
+        f"gpperf-torch: this command needs {what}; install the extra: pip install 'gpperf-torch[train]'",
+        file=sys.stderr,
+    )
     return 2
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     return int(args.func(args) or 0)
 
 

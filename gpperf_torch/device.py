@@ -44,8 +44,9 @@ KNOWN_DEVICES: dict[str, DeviceInfo] = {
     "h200": DeviceInfo("NVIDIA H200", "h200", (9, 0), 132, 232448, 60 * 2**20, 1980, 3201, 4800.0, 700.0),
     "a100": DeviceInfo("NVIDIA A100-SXM4-80GB", "a100", (8, 0), 108, 166912, 40 * 2**20, 1410, 1593, 2039.0, 400.0),
     "l4": DeviceInfo("NVIDIA L4", "l4", (8, 9), 58, 101376, 48 * 2**20, 2040, 6251, 300.0, 72.0),
-    "rtx4090": DeviceInfo("NVIDIA GeForce RTX 4090", "rtx4090", (8, 9), 128, 101376, 72 * 2**20, 2520, 10501,
-                          1008.0, 450.0),
+    "rtx4090": DeviceInfo(
+        "NVIDIA GeForce RTX 4090", "rtx4090", (8, 9), 128, 101376, 72 * 2**20, 2520, 10501, 1008.0, 450.0
+    ),
 }
 
 
@@ -100,12 +101,11 @@ def current_device(index: int | None = None) -> DeviceInfo:
     smem = int(getattr(p, "shared_memory_per_block_optin", 0) or (base.max_shared_memory if base else 101376))
     l2 = int(getattr(p, "L2_cache_size", 0) or (base.l2_bytes if base else 0))
     nv = _nvml_clocks_and_power(index)
-    sm_clk, mem_clk, power = nv if nv else (
-        (base.sm_clock_mhz, base.mem_clock_mhz, base.power_limit_w) if base else (1500, 1500, 300.0)
+    sm_clk, mem_clk, power = (
+        nv if nv else ((base.sm_clock_mhz, base.mem_clock_mhz, base.power_limit_w) if base else (1500, 1500, 300.0))
     )
     bw = base.mem_bandwidth_gbs if base else 1000.0
-    return DeviceInfo(p.name, short, (p.major, p.minor), p.multi_processor_count, smem, l2, sm_clk, mem_clk, bw,
-                      power)
+    return DeviceInfo(p.name, short, (p.major, p.minor), p.multi_processor_count, smem, l2, sm_clk, mem_clk, bw, power)
 
 
 def device_for(device: object = None, gpu: str | None = None) -> DeviceInfo:

@@ -1,5 +1,7 @@
 """Tiled matmul in Triton: C[M, N] = A[M, K] @ B[K, N] with tunable tiles, grouped ordering and split-K.
 
+Batched operands (B, M, K) @ (B, K, N) run in one launch (grid axis 2); a broadcast batch has stride 0.
+
 Structure follows Triton's tutorial 03: arguments grouped (pointers, sizes, strides, meta-parameters), grouped
 program ordering for L2 reuse, a masked K loop, an fp32 accumulator. Split-K writes fp32 partial sums to a
 workspace that a second kernel reduces in a fixed order, so results are bitwise reproducible (no atomics).
@@ -36,10 +38,13 @@ def _matmul_kernel(
     N,
     K,
     # strides (elements)
+    stride_ab,
     stride_am,
     stride_ak,
+    stride_bb,
     stride_bk,
     stride_bn,
+    stride_cb,
     stride_cs,
     stride_cm,
     stride_cn,
@@ -55,6 +60,10 @@ def _matmul_kernel(
 ):
     pid = tl.program_id(axis=0)
     pid_k = tl.program_id(axis=1)
+    pid_b = tl.program_id(axis=2).to(tl.int64)
+    a_ptr += pid_b * stride_ab
+    b_ptr += pid_b * stride_bb
+    c_ptr += pid_b * stride_cb
     # Grouped ordering: GROUP_M consecutive programs walk down a column of tiles so they share B in L2.
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -108,13 +117,18 @@ def _splitk_reduce_kernel(
     c_ptr,
     M,
     N,
+    stride_wb,
     stride_ws,
+    stride_cb,
     stride_cm,
     stride_cn,
     SPLIT_K: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     # Sum the SPLIT_K fp32 partial products in a fixed order: same bits on every run.
+    pid_b = tl.program_id(2).to(tl.int64)
+    ws_ptr += pid_b * stride_wb
+    c_ptr += pid_b * stride_cb
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < M * N
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -126,17 +140,20 @@ def _splitk_reduce_kernel(
 
 
 def _span(t: torch.Tensor) -> int:
-    """Largest element offset reachable in `t` (for choosing 64-bit indexing)."""
-    return sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride(), strict=True)) + 1
+    """Largest element offset reachable in one matrix of `t` (for choosing 64-bit indexing)."""
+    return sum((s - 1) * abs(st) for s, st in zip(t.shape[-2:], t.stride()[-2:], strict=True)) + 1
 
 
 def check_inputs(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> None:
     """Raise ValueError/TypeError naming shapes, dtypes and devices for anything the kernel cannot take."""
-    if a.dim() != 2 or b.dim() != 2:
-        raise ValueError(f"launch expects 2-D operands, got a{tuple(a.shape)} and b{tuple(b.shape)}")
-    if a.shape[1] != b.shape[0]:
+    if a.dim() not in (2, 3) or b.dim() != a.dim():
         raise ValueError(
-            f"inner dimensions differ: a{tuple(a.shape)} @ b{tuple(b.shape)} needs a.shape[1] == b.shape[0]"
+            f"launch expects 2-D or 3-D (batched) operands of equal rank, got a{tuple(a.shape)} and b{tuple(b.shape)}"
+        )
+    if a.shape[-1] != b.shape[-2] or (a.dim() == 3 and a.shape[0] != b.shape[0]):
+        raise ValueError(
+            f"shapes do not multiply: a{tuple(a.shape)} @ b{tuple(b.shape)} needs a.shape[-1] == b.shape[-2]"
+            + (" and equal batch sizes" if a.dim() == 3 else "")
         )
     if a.dtype != b.dtype:
         raise TypeError(f"dtypes differ: a is {a.dtype}, b is {b.dtype}; cast one so both match")
@@ -145,7 +162,7 @@ def check_inputs(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = No
     if a.device != b.device:
         raise ValueError(f"operands on different devices: a on {a.device}, b on {b.device}")
     if out is not None:
-        want = (a.shape[0], b.shape[1])
+        want = (*a.shape[:-1], b.shape[-1])
         if tuple(out.shape) != want or out.dtype != a.dtype or out.device != a.device:
             raise ValueError(
                 f"out must be {want} {a.dtype} on {a.device}, got {tuple(out.shape)} {out.dtype} on {out.device}"
@@ -161,7 +178,10 @@ def launch(
     allow_tf32: bool | None = None,
     max_shared_memory: int | None = None,
 ) -> torch.Tensor:
-    """Compute ``out = a @ b`` with tile config `cfg` (check, allocate, launch). Any strides; no copies."""
+    """Compute ``out = a @ b`` (2-D, or 3-D batched) with tile config `cfg`: check, allocate, launch.
+
+    Any strides (transposed or sliced views are read in place, never copied).
+    """
     from .configs import DEFAULT_CONFIG
 
     check_inputs(a, b, out)
@@ -169,11 +189,12 @@ def launch(
     reason = check_config(cfg, elem_size=elem_size(a.dtype), max_shared_memory=max_shared_memory)
     if reason is not None:
         raise ValueError(f"TileConfig {cfg.key} cannot run for {a.dtype} on {a.device}: {reason}")
-    M, K = a.shape
-    N = b.shape[1]
+    M, K = a.shape[-2:]
+    N = b.shape[-1]
+    batch = a.shape[0] if a.dim() == 3 else 1
     if out is None:
-        out = torch.empty((M, N), dtype=a.dtype, device=a.device)
-    if M == 0 or N == 0:
+        out = torch.empty((*a.shape[:-1], N), dtype=a.dtype, device=a.device)
+    if M == 0 or N == 0 or batch == 0:
         return out
     if K == 0:
         return out.zero_()
@@ -185,15 +206,19 @@ def launch(
     upcast = interpreting() and a.dtype == torch.bfloat16
     index_64 = max(_span(a), _span(b), _span(out)) > _INT32_MAX
 
+    def bstride(t: torch.Tensor) -> int:
+        return t.stride(0) if t.dim() == 3 else 0
+
     split_k = min(cfg.split_k, triton.cdiv(K, cfg.block_k))  # never launch empty K slices
     if split_k > 1 and split_k * M * N > _INT32_MAX:
         split_k = 1  # the fp32 workspace would need 64-bit indexing in the reduction; big outputs gain nothing
-    grid = (triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n), split_k)
+    grid = (triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n), split_k, batch)
     if split_k == 1:
-        target, stride_cs, stride_cm, stride_cn = out, 0, out.stride(0), out.stride(1)
+        target = out
+        stride_cb, stride_cs, stride_cm, stride_cn = bstride(out), 0, out.stride(-2), out.stride(-1)
     else:
-        target = torch.empty((split_k, M, N), dtype=torch.float32, device=a.device)
-        stride_cs, stride_cm, stride_cn = target.stride()
+        target = torch.empty((batch, split_k, M, N), dtype=torch.float32, device=a.device)
+        stride_cb, stride_cs, stride_cm, stride_cn = target.stride()
     _matmul_kernel[grid](
         a,
         b,
@@ -201,10 +226,13 @@ def launch(
         M,
         N,
         K,
-        a.stride(0),
-        a.stride(1),
-        b.stride(0),
-        b.stride(1),
+        bstride(a),
+        a.stride(-2),
+        a.stride(-1),
+        bstride(b),
+        b.stride(-2),
+        b.stride(-1),
+        stride_cb,
         stride_cs,
         stride_cm,
         stride_cn,
@@ -221,14 +249,16 @@ def launch(
     )
     if split_k > 1:
         block = 1024
-        _splitk_reduce_kernel[(triton.cdiv(M * N, block),)](
+        _splitk_reduce_kernel[(triton.cdiv(M * N, block), 1, batch)](
             target,
             out,
             M,
             N,
             target.stride(0),
-            out.stride(0),
-            out.stride(1),
+            target.stride(1),
+            bstride(out),
+            out.stride(-2),
+            out.stride(-1),
             SPLIT_K=split_k,
             BLOCK=block,
         )

@@ -1,0 +1,166 @@
+"""The `gpperf::mm` custom op and the broadcasting front `matmul()`.
+
+The op takes 2-D (M, K) @ (K, N) or 3-D batched (B, M, K) @ (B, K, N) operands and picks a tile config per
+shape at run time (inside the op, so `torch.compile` sees one opaque call and the choice follows the actual
+shape). Its backward GEMMs go through the same op, so they are tile-selected too.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor
+
+from . import kernels
+from .errors import DeviceMismatchError, DtypeError, ShapeError
+from .kernels import TileConfig
+
+logger = logging.getLogger(__name__)
+
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# Callbacks (a, b) run on every GEMM the op computes; `gpperf_torch.nn.recording` adds one.
+observers: list = []
+
+
+def _run(a: Tensor, b: Tensor, config: str | None, objective: str | None) -> Tensor:
+    """Select (unless forced) and launch. Shared by the CUDA kernel and the interpreted CPU kernel."""
+    from . import selector
+
+    cfg = TileConfig.from_key(config) if config else None
+    choice = selector.choose(a, b, cfg, objective)
+    if choice is None:  # the model predicts torch.matmul (cuBLAS) is better for this objective
+        return torch.matmul(a, b)
+    return kernels.launch(a, b, cfg=choice, max_shared_memory=selector.max_shared_memory(a.device))
+
+
+@torch.library.custom_op("gpperf::mm", mutates_args=(), device_types=("cuda", "cpu"))
+def mm(a: Tensor, b: Tensor, config: str | None = None, objective: str | None = None) -> Tensor:
+    """C = A @ B for 2-D or 3-D (batched) A, B; `config` forces a TileConfig key, `objective` overrides."""
+    for observe in observers:
+        observe(a, b)
+    if a.device.type == "cpu":
+        if kernels.interpreting() and a.dtype in _KERNEL_DTYPES:
+            return _run(a, b, config, objective)
+        return torch.matmul(a, b)
+    if a.dtype not in _KERNEL_DTYPES:  # float64 on CUDA: torch.matmul computes it (documented)
+        return torch.matmul(a, b)
+    return _run(a, b, config, objective)
+
+
+@mm.register_fake
+def _mm_fake(a: Tensor, b: Tensor, config: str | None = None, objective: str | None = None) -> Tensor:
+    torch._check(a.dim() == b.dim() and a.dim() in (2, 3), lambda: "gpperf::mm takes 2-D or 3-D operands")
+    torch._check(a.shape[-1] == b.shape[-2], lambda: f"inner dimensions differ: {a.shape} @ {b.shape}")
+    return a.new_empty((*a.shape[:-1], b.shape[-1]))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    a, b, _config, objective = inputs
+    ctx.save_for_backward(a, b)
+    ctx.objective = objective
+
+
+def _backward(ctx, grad: Tensor):
+    a, b = ctx.saved_tensors
+    grad_a = grad_b = None
+    # dA = dC @ B^T and dB = A^T @ dC: transposed views, no copies; a forced forward config does not carry
+    # over (the backward shapes differ), the objective does.
+    if ctx.needs_input_grad[0]:
+        grad_a = mm(grad, b.transpose(-1, -2), None, ctx.objective)
+    if ctx.needs_input_grad[1]:
+        grad_b = mm(a.transpose(-1, -2), grad, None, ctx.objective)
+    return grad_a, grad_b, None, None
+
+
+mm.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---- the public front ------------------------------------------------------------------------------
+def _check(a: Tensor, b: Tensor) -> None:
+    if not isinstance(a, Tensor) or not isinstance(b, Tensor):
+        raise TypeError(f"matmul expects tensors, got {type(a).__name__} and {type(b).__name__}")
+    if a.dim() == 0 or b.dim() == 0:
+        raise ShapeError(
+            f"both arguments to matmul need to be at least 1D, but they are {a.dim()}D and {b.dim()}D "
+            f"(shapes {tuple(a.shape)} and {tuple(b.shape)}); use a * b for scalars"
+        )
+    if a.device != b.device:
+        raise DeviceMismatchError(
+            f"expected both tensors on the same device, got a on {a.device} and b on {b.device}; move one with .to()"
+        )
+    if a.dtype != b.dtype:
+        raise DtypeError(
+            f"expected both tensors to have the same dtype, got {a.dtype} and {b.dtype} "
+            f"(shapes {tuple(a.shape)} and {tuple(b.shape)}); cast one, e.g. b.to(a.dtype)"
+        )
+    if not a.dtype.is_floating_point:
+        raise DtypeError(
+            f"gpperf_torch.matmul supports float16, bfloat16, float32 (and float64 via torch), got {a.dtype}; "
+            "use torch.matmul for integer or complex tensors"
+        )
+    ka = a.shape[-1]
+    kb = b.shape[0] if b.dim() == 1 else b.shape[-2]
+    if ka != kb:
+        raise ShapeError(
+            f"inner dimensions differ: a{tuple(a.shape)} @ b{tuple(b.shape)} "
+            f"({ka} != {kb}); matmul needs a.shape[-1] == b.shape[-2]"
+        )
+    if a.dim() > 2 and b.dim() > 2:
+        try:
+            torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        except RuntimeError:
+            raise ShapeError(f"batch dimensions do not broadcast: a{tuple(a.shape)} @ b{tuple(b.shape)}") from None
+
+
+def matmul(a: Tensor, b: Tensor, *, config: TileConfig | str | None = None, objective: str | None = None) -> Tensor:
+    """`torch.matmul` semantics (1-D, 2-D, N-D broadcast) with per-shape tile selection.
+
+    config: force a TileConfig (or its key); invalid for the inputs or device -> ValueError.
+    objective: "time" (default), "energy", "edp", "balanced", "power_cap:<watts>"; default from
+    `gpperf_torch.objective(...)` or the GPPERF_OBJECTIVE environment variable.
+    """
+    _check(a, b)
+    key: str | None = None
+    if config is not None:
+        cfg = config if isinstance(config, TileConfig) else TileConfig.from_key(config)
+        if a.dtype in _KERNEL_DTYPES:
+            from .selector import max_shared_memory
+
+            reason = kernels.check_config(
+                cfg, elem_size=kernels.elem_size(a.dtype), max_shared_memory=max_shared_memory(a.device)
+            )
+            if reason is not None:
+                raise ValueError(f"config {cfg.key} cannot run for {a.dtype} on {a.device}: {reason}")
+        key = cfg.key
+    if objective is not None:
+        from .selector import parse_objective
+
+        parse_objective(objective)  # fail here, at the call, not deep inside the op
+
+    if a.dim() == 1 and b.dim() == 1:
+        return mm(a.unsqueeze(0), b.unsqueeze(1), key, objective).reshape(())
+    a_vec, b_vec = a.dim() == 1, b.dim() == 1
+    a2 = a.unsqueeze(0) if a_vec else a
+    b2 = b.unsqueeze(1) if b_vec else b
+    M, K = a2.shape[-2:]
+    N = b2.shape[-1]
+
+    if b2.dim() == 2:
+        # Fold a's batch dimensions into M: one 2-D GEMM. (reshape is a view whenever the layout allows.)
+        batch = a2.shape[:-2]
+        out = mm(a2.reshape(-1, K), b2, key, objective).reshape(*batch, M, N)
+    elif a2.dim() == 2:
+        batch = b2.shape[:-2]
+        bb = b2.reshape(-1, K, N)
+        out = mm(a2.expand(bb.shape[0], M, K), bb, key, objective).reshape(*batch, M, N)
+    else:
+        batch = torch.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+        a3 = a2.expand(*batch, M, K).reshape(-1, M, K)
+        b3 = b2.expand(*batch, K, N).reshape(-1, K, N)
+        out = mm(a3, b3, key, objective).reshape(*batch, M, N)
+    if a_vec:
+        out = out.squeeze(-2)
+    if b_vec:
+        out = out.squeeze(-1)
+    return out

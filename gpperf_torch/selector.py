@@ -1,0 +1,491 @@
+"""Per-shape selection: objectives, the model's candidates (cuBLAS included), caching, fallback, explain.
+
+Hot path: `choose()` is called by the op on every GEMM. A hit in the per-process dictionary costs one tuple
+build and one dict lookup (about a microsecond); a first sight scores every candidate of the model in one
+onnxruntime call (about a millisecond), then is remembered in memory and in a JSON file per device and model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import kernels
+from .device import DeviceInfo, device_for
+from .errors import ModelError
+from .kernels import TileConfig
+
+logger = logging.getLogger(__name__)
+
+OBJECTIVES = ("time", "energy", "edp", "balanced", "power_cap")
+MODES = ("predict", "verify", "exhaustive")
+TORCH = "torch"  # the candidate name of torch.matmul (cuBLAS) in models and caches
+DEFAULT_BALANCED_SLACK = 0.05
+
+
+# ---- objectives ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    value: float | None = None  # watts for power_cap, slack for balanced
+
+    def __str__(self) -> str:
+        return self.name if self.value is None else f"{self.name}:{self.value:g}"
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return {
+            "time": ("time_ms",),
+            "energy": ("energy_j",),
+            "edp": ("time_ms", "energy_j"),
+            "balanced": ("time_ms", "energy_j"),
+            "power_cap": ("time_ms", "power_w"),
+        }[self.name]
+
+
+def parse_objective(spec: str | Objective) -> Objective:
+    """ "time" | "energy" | "edp" | "balanced[:slack]" | "power_cap:<watts>" -> Objective (ValueError else)."""
+    if isinstance(spec, Objective):
+        return spec
+    name, _, arg = str(spec).strip().lower().partition(":")
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {spec!r}; choose one of {', '.join(OBJECTIVES)} (power_cap:<watts>)")
+    if name == "power_cap":
+        try:
+            watts = float(arg)
+        except ValueError:
+            raise ValueError(f"objective {spec!r}: power_cap needs a limit in watts, e.g. 'power_cap:300'") from None
+        if watts <= 0:
+            raise ValueError(f"objective {spec!r}: the power cap must be positive")
+        return Objective("power_cap", watts)
+    if name == "balanced":
+        slack = float(arg) if arg else DEFAULT_BALANCED_SLACK
+        if not 0 <= slack < 10:
+            raise ValueError(f"objective {spec!r}: slack must be a fraction such as 0.05")
+        return Objective("balanced", slack)
+    if arg:
+        raise ValueError(f"objective {spec!r}: {name} takes no argument")
+    return Objective(name)
+
+
+_objective_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("gpperf_objective", default=None)
+_mode_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("gpperf_mode", default=None)
+
+
+@contextlib.contextmanager
+def objective(spec: str) -> Iterator[Objective]:
+    """`with gpperf_torch.objective("energy"):` selects for that objective inside the block (Linear too)."""
+    obj = parse_objective(spec)
+    token = _objective_var.set(str(obj))
+    try:
+        yield obj
+    finally:
+        _objective_var.reset(token)
+
+
+@contextlib.contextmanager
+def mode(name: str) -> Iterator[str]:
+    """`with gpperf_torch.mode("verify"):` predict | verify (benchmark the top-k once) | exhaustive."""
+    if name not in MODES:
+        raise ValueError(f"unknown mode {name!r}; choose one of {', '.join(MODES)}")
+    token = _mode_var.set(name)
+    try:
+        yield name
+    finally:
+        _mode_var.reset(token)
+
+
+def current_objective() -> str:
+    return _objective_var.get() or os.environ.get("GPPERF_OBJECTIVE") or "time"
+
+
+def current_mode() -> str:
+    m = _mode_var.get() or os.environ.get("GPPERF_MODE") or "predict"
+    if m not in MODES:
+        raise ValueError(f"GPPERF_MODE={m!r} is not one of {', '.join(MODES)}")
+    return m
+
+
+# ---- device and model state --------------------------------------------------------------------------
+_lock = threading.Lock()
+_devices: dict[torch.device, DeviceInfo] = {}
+_states: dict[str, _State] = {}  # by device name
+_warned: set[str] = set()
+
+
+def _device_info(dev: torch.device) -> DeviceInfo:
+    info = _devices.get(dev)
+    if info is None:
+        info = device_for(dev)
+        _devices[dev] = info
+    return info
+
+
+def max_shared_memory(dev: torch.device) -> int:
+    return _device_info(dev).max_shared_memory
+
+
+def _warn_once(key: str, msg: str, *args) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning(msg, *args)
+
+
+class _State:
+    """What selection needs for one device: the model (or None), its valid candidates, the caches."""
+
+    def __init__(self, info: DeviceInfo, model_path: str | None = None):
+        self.info = info
+        self.model = _load_model(info, model_path)
+        self.memory: dict[tuple, TileConfig | None] = {}
+        self.disk = _DiskCache(info, self.model.model_hash if self.model else "analytic")
+        for k, v in self.disk.load().items():
+            self.memory[k] = None if v == TORCH else TileConfig.from_key(v)
+
+    @property
+    def model_hash(self) -> str:
+        return self.model.model_hash if self.model else "analytic"
+
+
+def _load_model(info: DeviceInfo, path: str | None):
+    from .predictor import Predictor, shipped_model
+
+    path = path or os.environ.get("GPPERF_MODEL")
+    if path:
+        try:
+            return Predictor.load(path)
+        except (ModelError, ValueError, OSError) as e:
+            raise ModelError(f"GPPERF_MODEL={path!r} cannot be used: {e}") from e
+    shipped = shipped_model(info.short_name)
+    if shipped is None:
+        _warn_once(
+            f"nomodel:{info.name}",
+            "gpperf: no model for %s; using the analytic rule (waves, padding, intensity). Measure and train one: "
+            "`gpperf-torch tune --out runs/mine.csv` then `gpperf-torch train --data runs/mine.csv --out mymodel` "
+            "and set GPPERF_MODEL=mymodel",
+            info.name,
+        )
+        return None
+    try:
+        return Predictor.load(shipped)
+    except (ModelError, ValueError, OSError) as e:
+        _warn_once(
+            f"badmodel:{shipped}",
+            "gpperf: shipped model %s unusable (%s); using the analytic rule",
+            shipped,
+            e,
+        )
+        return None
+
+
+def _state(dev: torch.device) -> _State:
+    info = _device_info(dev)
+    st = _states.get(info.name)
+    if st is None:
+        with _lock:
+            st = _states.get(info.name)
+            if st is None:
+                st = _states[info.name] = _State(info)
+    return st
+
+
+def set_model(path: str | None, device: torch.device | str | None = None) -> None:
+    """Use the model at `path` (dir with model.onnx + model.json) for `device`; None restores the default."""
+    dev = torch.device(device) if device is not None else _default_device()
+    info = _device_info(dev)
+    with _lock:
+        _states[info.name] = _State(info, path)
+
+
+def reset() -> None:
+    """Forget loaded models and in-memory selections (the disk cache stays)."""
+    with _lock:
+        _states.clear()
+        _devices.clear()
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+# ---- the hot path -------------------------------------------------------------------------------------
+def _tf32(dtype: torch.dtype) -> bool:
+    return dtype == torch.float32 and bool(torch.backends.cuda.matmul.allow_tf32)
+
+
+def choose(a: torch.Tensor, b: torch.Tensor, forced: TileConfig | None, objective: str | None) -> TileConfig | None:
+    """The config for `a @ b` (None: use torch.matmul). Called by the op on every GEMM."""
+    if forced is not None:
+        return forced
+    st = _state(a.device)
+    obj = objective or current_objective()
+    batch = a.shape[0] if a.dim() == 3 else 1
+    m, k = a.shape[-2], a.shape[-1]
+    n = b.shape[-1]
+    a_t = k > 1 and a.stride(-1) != 1
+    b_t = n > 1 and b.stride(-1) != 1
+    key = (m, n, k, batch, str(a.dtype)[6:], a_t, b_t, _tf32(a.dtype), obj)
+    try:
+        return st.memory[key]
+    except KeyError:
+        pass
+    md = current_mode()
+    if md == "predict":
+        cfg = _select(st, key)
+    else:
+        from .verify import benchmark_choice
+
+        cfg = benchmark_choice(st, key, a, b, md)
+    st.memory[key] = cfg
+    st.disk.add(key, TORCH if cfg is None else cfg.key)
+    return cfg
+
+
+# ---- first sight -------------------------------------------------------------------------------------
+def _valid_candidates(st: _State, dtype: str) -> list[TileConfig | None]:
+    es = kernels.elem_size(dtype)
+    cands = st.model.candidates if st.model else kernels.candidate_space()
+    return [
+        c for c in cands if c is None or kernels.is_valid(c, elem_size=es, max_shared_memory=st.info.max_shared_memory)
+    ]
+
+
+def _select(st: _State, key: tuple) -> TileConfig | None:
+    ranked = rank(st, key)
+    return ranked[0][0]
+
+
+def rank(st: _State, key: tuple) -> list[tuple[TileConfig | None, dict[str, float]]]:
+    """All valid candidates for `key`, best first for its objective, each with its predicted targets."""
+    m, n, k, batch, dtype, a_t, b_t, tf32, obj_s = key
+    obj = parse_objective(obj_s)
+    cands = _valid_candidates(st, dtype)
+    if st.model is None:
+        t = analytic_time_ms(m * batch, n, k, dtype, cands, st.info)
+        preds = {"time_ms": t}
+    else:
+        missing = [t for t in obj.needs if t not in st.model.targets]
+        if missing:
+            raise ValueError(
+                f"objective {obj} needs predicted {', '.join(missing)}, but the model for {st.info.name} "
+                f"({st.model.path}) predicts only {', '.join(st.model.targets)}. Measure energy on the GPU with "
+                "`gpperf-torch tune` (NVML) and `gpperf-torch train`, or use objective='time'"
+            )
+        # Batched GEMMs are scored as one GEMM of batch*M rows (same tiles and waves; see DESIGN's key).
+        preds = st.model.predict(m * batch, n, k, dtype, a_t, b_t, tf32=tf32, cfgs=cands, device=st.info)
+    order = _order(obj, preds, st.info)
+    rows = []
+    for i in order:
+        rows.append((cands[i], {t: float(v[i]) for t, v in preds.items()}))
+    return rows
+
+
+def _order(obj: Objective, preds: dict[str, np.ndarray], info: DeviceInfo) -> np.ndarray:
+    t = preds.get("time_ms")
+    if obj.name == "time":
+        score = t
+    elif obj.name == "energy":
+        score = preds["energy_j"]
+    elif obj.name == "edp":
+        score = preds["energy_j"] * t
+    elif obj.name == "balanced":
+        # Least energy among configs predicted within `slack` of the fastest; the rest after, by time.
+        ok = t <= t.min() * (1 + obj.value)
+        score = np.where(ok, preds["energy_j"], np.inf)
+        return np.lexsort((t, score))
+    else:  # power_cap: fastest under the cap; if none fits, the least power first (warned)
+        p = preds["power_w"]
+        ok = p <= obj.value
+        if not ok.any():
+            _warn_once(
+                f"cap:{obj.value}",
+                "gpperf: no config is predicted under %s W; taking the lowest power",
+                obj.value,
+            )
+            return np.argsort(p, kind="stable")
+        score = np.where(ok, t, np.inf)
+        return np.lexsort((p, score))
+    return np.argsort(score, kind="stable")
+
+
+# ---- the analytic fallback rule --------------------------------------------------------------------------
+def analytic_time_ms(
+    m: int, n: int, k: int, dtype: str, cands: list[TileConfig | None], info: DeviceInfo
+) -> np.ndarray:
+    """Roofline estimate per candidate: waves of tiles x the slower of a tile's math and its operand traffic.
+
+    Captures what decides most choices: wave quantization over the SMs, padding waste at the edges, per-tile
+    arithmetic intensity (bigger tiles reuse operands more) and split-K for long-K small-output shapes.
+    torch.matmul is not estimated (infinite): without a model there is nothing to compare cuBLAS with.
+    """
+    es = kernels.elem_size(dtype)
+    # Peak dense rate per SM per MHz (FLOP/cycle): Hopper/Ampere tensor cores; fp32 runs at a quarter.
+    flop_per_cycle = (2048.0 if info.capability[0] >= 9 else 1024.0) * (0.25 if es == 4 else 1.0)
+    sm_rate = flop_per_cycle * info.sm_clock_mhz * 1e6  # FLOP/s per SM
+    bw_per_sm = info.mem_bandwidth_gbs * 1e9 / info.sm_count * 4.0  # L2 hits: ~4x DRAM bandwidth per SM
+    out = np.full(len(cands), np.inf)
+    for i, c in enumerate(cands):
+        if c is None:
+            continue
+        tiles = math.ceil(m / c.block_m) * math.ceil(n / c.block_n)
+        ksplit = math.ceil(math.ceil(k / c.block_k) / c.split_k) * c.block_k
+        work_items = tiles * min(c.split_k, math.ceil(k / c.block_k))
+        waves = math.ceil(work_items / info.sm_count)
+        # Small tiles leave tensor cores idle: efficiency grows with the tile's MMA size and warps in flight.
+        eff = min(1.0, (c.block_m * c.block_n) / (128 * 128)) ** 0.5 * min(1.0, c.num_warps / 4) ** 0.25
+        math_s = 2.0 * c.block_m * c.block_n * ksplit / (sm_rate * max(eff, 0.05))
+        mem_s = (c.block_m + c.block_n) * ksplit * es / bw_per_sm
+        tile_s = max(math_s, mem_s) + 2e-6  # + fixed per-tile cost (prologue, epilogue, scheduling)
+        extra = 0.0
+        if c.split_k > 1:
+            extra = 2 * m * n * 4 * c.split_k / (info.mem_bandwidth_gbs * 1e9) + 4e-6  # reduction pass
+        # Deeper pipelines hide latency on long K loops; a small nudge keeps ties stable.
+        out[i] = (waves * tile_s + extra) * 1e3 * (1 - 0.01 * min(c.num_stages, 4))
+    return out
+
+
+# ---- explain -----------------------------------------------------------------------------------------
+def explain(
+    m: int,
+    n: int,
+    k: int,
+    *,
+    dtype: str | torch.dtype = "float16",
+    a_trans: bool = False,
+    b_trans: bool = False,
+    objective: str | None = None,
+    gpu: str | None = None,
+    device: torch.device | str | None = None,
+    batch: int = 1,
+) -> list[dict]:
+    """Ranked candidates for a shape: dicts with config, backend, predicted time/power/energy, rank.
+
+    `gpu="h100"` uses that GPU's shipped model (works without a GPU); else the current (or given) device.
+    """
+    dtype_s = str(dtype).replace("torch.", "")
+    dtype_s = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32"}.get(dtype_s, dtype_s)
+    kernels.elem_size(dtype_s)
+    obj = parse_objective(objective or current_objective())
+    if gpu is not None:
+        info = device_for(gpu=gpu)
+        with _lock:
+            st = _states.get(info.name)
+            if st is None:
+                st = _states[info.name] = _State(info)
+    else:
+        st = _state(torch.device(device) if device is not None else _default_device())
+    tf32 = dtype_s == "float32" and bool(torch.backends.cuda.matmul.allow_tf32)
+    key = (m, n, k, batch, dtype_s, bool(a_trans), bool(b_trans), tf32, str(obj))
+    out = []
+    for i, (cfg, pred) in enumerate(rank(st, key)):
+        out.append(
+            {
+                "rank": i + 1,
+                "backend": TORCH if cfg is None else "triton",
+                "config": TORCH if cfg is None else cfg.key,
+                **pred,
+                "model": str(st.model.path) if st.model else "analytic",
+                "objective": str(obj),
+                "device": st.info.name,
+            }
+        )
+    return out
+
+
+# ---- disk cache ----------------------------------------------------------------------------------------
+def cache_dir() -> Path:
+    env = os.environ.get("GPPERF_CACHE_DIR")
+    if env:
+        return Path(env)
+    try:
+        from platformdirs import user_cache_dir
+
+        return Path(user_cache_dir("gpperf-torch", appauthor=False))
+    except ImportError:  # platformdirs missing (e.g. a bare GPU image): the XDG default
+        return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gpperf-torch"
+
+
+def _key_to_str(key: tuple) -> str:
+    return ",".join(str(int(x)) if isinstance(x, bool) else str(x) for x in key)
+
+
+def _str_to_key(s: str) -> tuple:
+    m, n, k, batch, dtype, a_t, b_t, tf32, obj = s.split(",")
+    return (int(m), int(n), int(k), int(batch), dtype, a_t == "1", b_t == "1", tf32 == "1", obj)
+
+
+class _DiskCache:
+    """Selections per (device, model hash) in one JSON file: loaded once, flushed in batches and at exit,
+    written atomically (temp file + rename) under a file lock, merged with what other processes wrote."""
+
+    FLUSH_EVERY = 16
+    FLUSH_SECONDS = 5.0
+
+    def __init__(self, info: DeviceInfo, model_hash: str):
+        slug = "".join(ch if ch.isalnum() else "_" for ch in info.name)
+        self.path = cache_dir() / f"select-{slug}-{model_hash[:16]}.json"
+        self.pending: dict[str, str] = {}
+        self.last_flush = time.monotonic()
+        self.enabled = os.environ.get("GPPERF_DISK_CACHE", "1") != "0"
+
+    def load(self) -> dict[tuple, str]:
+        if not self.enabled or not self.path.exists():
+            return {}
+        try:
+            raw = json.loads(self.path.read_text())
+            return {_str_to_key(k): v for k, v in raw.get("selections", {}).items()}
+        except (OSError, ValueError, AttributeError) as e:
+            _warn_once(f"corrupt:{self.path}", "gpperf: ignoring corrupt selection cache %s (%s)", self.path, e)
+            return {}
+
+    def add(self, key: tuple, value: str) -> None:
+        if not self.enabled:
+            return
+        self.pending[_key_to_str(key)] = value
+        if len(self.pending) >= self.FLUSH_EVERY or time.monotonic() - self.last_flush > self.FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        try:
+            from filelock import FileLock
+
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(self.path) + ".lock", timeout=5):
+                merged: dict[str, str] = {}
+                if self.path.exists():
+                    try:
+                        merged = json.loads(self.path.read_text()).get("selections", {})
+                    except (OSError, ValueError, AttributeError):
+                        merged = {}  # corrupt: rewrite it whole
+                merged.update(self.pending)
+                tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+                tmp.write_text(json.dumps({"version": 1, "selections": merged}))
+                os.replace(tmp, self.path)
+            self.pending.clear()
+        except Exception as e:  # a cache must never break a matmul
+            _warn_once(f"flush:{self.path}", "gpperf: cannot write selection cache %s (%s)", self.path, e)
+        self.last_flush = time.monotonic()
+
+
+def flush_caches() -> None:
+    for st in list(_states.values()):
+        st.disk.flush()
+
+
+import atexit  # noqa: E402
+
+atexit.register(flush_caches)
