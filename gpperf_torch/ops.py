@@ -34,8 +34,7 @@ def _run(a: Tensor, b: Tensor, config: str | None, objective: str | None) -> Ten
     return kernels.launch(a, b, cfg=choice, max_shared_memory=selector.max_shared_memory(a.device))
 
 
-@torch.library.custom_op("gpperf::mm", mutates_args=(), device_types=("cuda", "cpu"))
-def mm(a: Tensor, b: Tensor, config: str | None = None, objective: str | None = None) -> Tensor:
+def _compute(a: Tensor, b: Tensor, config: str | None = None, objective: str | None = None) -> Tensor:
     """C = A @ B for 2-D or 3-D (batched) A, B; `config` forces a TileConfig key, `objective` overrides."""
     for observe in observers:
         observe(a, b)
@@ -46,6 +45,9 @@ def mm(a: Tensor, b: Tensor, config: str | None = None, objective: str | None = 
     if a.dtype not in _KERNEL_DTYPES:  # float64 on CUDA: torch.matmul computes it (documented)
         return torch.matmul(a, b)
     return _run(a, b, config, objective)
+
+
+mm = torch.library.custom_op("gpperf::mm", _compute, mutates_args=(), device_types=("cuda", "cpu"))
 
 
 @mm.register_fake
@@ -67,9 +69,9 @@ def _backward(ctx, grad: Tensor):
     # dA = dC @ B^T and dB = A^T @ dC: transposed views, no copies; a forced forward config does not carry
     # over (the backward shapes differ), the objective does.
     if ctx.needs_input_grad[0]:
-        grad_a = mm(grad, b.transpose(-1, -2), None, ctx.objective)
+        grad_a = _mm(grad, b.transpose(-1, -2), None, ctx.objective)
     if ctx.needs_input_grad[1]:
-        grad_b = mm(a.transpose(-1, -2), grad, None, ctx.objective)
+        grad_b = _mm(a.transpose(-1, -2), grad, None, ctx.objective)
     return grad_a, grad_b, None, None
 
 
@@ -77,6 +79,23 @@ mm.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ---- the public front ------------------------------------------------------------------------------
+def _mm(a: Tensor, b: Tensor, config: str | None, objective: str | None) -> Tensor:
+    """Call the op, or, in plain eager inference, its implementation directly.
+
+    The custom op's Python dispatch costs ~25 us per call, more than a small GEMM takes on a GPU. Where the op
+    adds nothing (no autograd to record, not tracing, plain tensors) the same implementation runs directly;
+    under torch.compile/export, autograd or tensor subclasses (FakeTensor, functionalization) the op is used.
+    """
+    if (
+        type(a) is Tensor
+        and type(b) is Tensor
+        and not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad))
+        and not torch.compiler.is_compiling()
+    ):
+        return _compute(a, b, config, objective)
+    return mm(a, b, config, objective)
+
+
 def _check(a: Tensor, b: Tensor) -> None:
     if not isinstance(a, Tensor) or not isinstance(b, Tensor):
         raise TypeError(f"matmul expects tensors, got {type(a).__name__} and {type(b).__name__}")
@@ -139,7 +158,7 @@ def matmul(a: Tensor, b: Tensor, *, config: TileConfig | str | None = None, obje
         parse_objective(objective)  # fail here, at the call, not deep inside the op
 
     if a.dim() == 1 and b.dim() == 1:
-        return mm(a.unsqueeze(0), b.unsqueeze(1), key, objective).reshape(())
+        return _mm(a.unsqueeze(0), b.unsqueeze(1), key, objective).reshape(())
     a_vec, b_vec = a.dim() == 1, b.dim() == 1
     a2 = a.unsqueeze(0) if a_vec else a
     b2 = b.unsqueeze(1) if b_vec else b
@@ -149,16 +168,16 @@ def matmul(a: Tensor, b: Tensor, *, config: TileConfig | str | None = None, obje
     if b2.dim() == 2:
         # Fold a's batch dimensions into M: one 2-D GEMM. (reshape is a view whenever the layout allows.)
         batch = a2.shape[:-2]
-        out = mm(a2.reshape(-1, K), b2, key, objective).reshape(*batch, M, N)
+        out = _mm(a2.reshape(-1, K), b2, key, objective).reshape(*batch, M, N)
     elif a2.dim() == 2:
         batch = b2.shape[:-2]
         bb = b2.reshape(-1, K, N)
-        out = mm(a2.expand(bb.shape[0], M, K), bb, key, objective).reshape(*batch, M, N)
+        out = _mm(a2.expand(bb.shape[0], M, K), bb, key, objective).reshape(*batch, M, N)
     else:
         batch = torch.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
         a3 = a2.expand(*batch, M, K).reshape(-1, M, K)
         b3 = b2.expand(*batch, K, N).reshape(-1, K, N)
-        out = mm(a3, b3, key, objective).reshape(*batch, M, N)
+        out = _mm(a3, b3, key, objective).reshape(*batch, M, N)
     if a_vec:
         out = out.squeeze(-2)
     if b_vec:

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -108,14 +109,11 @@ def mode(name: str) -> Iterator[str]:
 
 
 def current_objective() -> str:
-    return _objective_var.get() or os.environ.get("GPPERF_OBJECTIVE") or "time"
+    return _objective_var.get() or _env["objective"]
 
 
 def current_mode() -> str:
-    m = _mode_var.get() or os.environ.get("GPPERF_MODE") or "predict"
-    if m not in MODES:
-        raise ValueError(f"GPPERF_MODE={m!r} is not one of {', '.join(MODES)}")
-    return m
+    return _mode_var.get() or _env["mode"]
 
 
 # ---- device and model state --------------------------------------------------------------------------
@@ -190,14 +188,19 @@ def _load_model(info: DeviceInfo, path: str | None):
         return None
 
 
+_by_device: dict[torch.device, _State] = {}  # the hot path's shortcut to _states
+
+
 def _state(dev: torch.device) -> _State:
+    st = _by_device.get(dev)
+    if st is not None:
+        return st
     info = _device_info(dev)
-    st = _states.get(info.name)
-    if st is None:
-        with _lock:
-            st = _states.get(info.name)
-            if st is None:
-                st = _states[info.name] = _State(info)
+    with _lock:
+        st = _states.get(info.name)
+        if st is None:
+            st = _states[info.name] = _State(info)
+        _by_device[dev] = st
     return st
 
 
@@ -207,6 +210,7 @@ def set_model(path: str | None, device: torch.device | str | None = None) -> Non
     info = _device_info(dev)
     with _lock:
         _states[info.name] = _State(info, path)
+        _by_device.clear()
 
 
 def reset() -> None:
@@ -214,6 +218,8 @@ def reset() -> None:
     with _lock:
         _states.clear()
         _devices.clear()
+        _by_device.clear()
+    reload_env()
 
 
 def _default_device() -> torch.device:
@@ -221,35 +227,61 @@ def _default_device() -> torch.device:
 
 
 # ---- the hot path -------------------------------------------------------------------------------------
-def _tf32(dtype: torch.dtype) -> bool:
-    return dtype == torch.float32 and bool(torch.backends.cuda.matmul.allow_tf32)
+_DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
+# torch.backends.cuda.matmul.allow_tf32 goes through a property (~1.5 us); the getter it wraps is ~0.1 us.
+_allow_tf32 = getattr(torch._C, "_get_cublas_allow_tf32", None) or (lambda: torch.backends.cuda.matmul.allow_tf32)
+_env: dict[str, str] = {}
+
+
+def reload_env() -> None:
+    """Read GPPERF_OBJECTIVE and GPPERF_MODE again (they are read once, at import and at `reset()`)."""
+    obj = os.environ.get("GPPERF_OBJECTIVE") or "time"
+    parse_objective(obj)
+    md = os.environ.get("GPPERF_MODE") or "predict"
+    if md not in MODES:
+        raise ValueError(f"GPPERF_MODE={md!r} is not one of {', '.join(MODES)}")
+    _env.update(objective=obj, mode=md)
+
+
+reload_env()
 
 
 def choose(a: torch.Tensor, b: torch.Tensor, forced: TileConfig | None, objective: str | None) -> TileConfig | None:
     """The config for `a @ b` (None: use torch.matmul). Called by the op on every GEMM."""
     if forced is not None:
         return forced
-    st = _state(a.device)
-    obj = objective or current_objective()
-    batch = a.shape[0] if a.dim() == 3 else 1
-    m, k = a.shape[-2], a.shape[-1]
+    st = _by_device.get(a.device) or _state(a.device)
+    obj = objective or _objective_var.get() or _env["objective"]
+    *batch, m, k = a.shape
     n = b.shape[-1]
-    a_t = k > 1 and a.stride(-1) != 1
-    b_t = n > 1 and b.stride(-1) != 1
-    key = (m, n, k, batch, str(a.dtype)[6:], a_t, b_t, _tf32(a.dtype), obj)
+    sa, sb = a.stride(-1), b.stride(-1)
+    dtype = a.dtype
+    key = (
+        m,
+        n,
+        k,
+        batch[0] if batch else 1,
+        _DTYPE_NAMES[dtype],
+        k > 1 and sa != 1,
+        n > 1 and sb != 1,
+        dtype is torch.float32 and _allow_tf32(),
+        obj,
+    )
+    md = _mode_var.get() or _env["mode"]
+    mkey = key if md == "predict" else (*key, md)  # a verified choice is remembered apart from the predicted one
     try:
-        return st.memory[key]
+        return st.memory[mkey]
     except KeyError:
         pass
-    md = current_mode()
     if md == "predict":
         cfg = _select(st, key)
     else:
         from .verify import benchmark_choice
 
         cfg = benchmark_choice(st, key, a, b, md)
-    st.memory[key] = cfg
-    st.disk.add(key, TORCH if cfg is None else cfg.key)
+    st.memory[mkey] = cfg
+    if md == "predict":
+        st.disk.add(key, TORCH if cfg is None else cfg.key)
     return cfg
 
 
@@ -489,3 +521,74 @@ def flush_caches() -> None:
 import atexit  # noqa: E402
 
 atexit.register(flush_caches)
+
+
+# ---- command line: gpperf-torch select -----------------------------------------------------------------
+_DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser("select", help="rank the candidate configs for one GEMM shape (works without a GPU)")
+    p.add_argument("m", type=int)
+    p.add_argument("n", type=int)
+    p.add_argument("k", type=int)
+    p.add_argument("--dtype", default="float16", help="float16|bfloat16|float32 (fp16, bf16, fp32)")
+    p.add_argument("--objective", default=None, help="time | energy | edp | balanced[:slack] | power_cap:<W>")
+    p.add_argument(
+        "--gpu", default=None, help="use this GPU's shipped model (h100, a100, ...) instead of the local GPU"
+    )
+    p.add_argument("--model", default=None, help="model directory (model.onnx + model.json) to use")
+    p.add_argument("--a-trans", action="store_true", help="A is a transposed view")
+    p.add_argument("--b-trans", action="store_true", help="B is a transposed view (as in Linear: x @ W^T)")
+    p.add_argument("--top", type=int, default=10, help="rows to print (0: all)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cli_select)
+
+
+def _cli_select(args) -> int:
+    dtype = _DTYPE_ALIASES.get(args.dtype, args.dtype)
+    try:
+        if args.model:
+            info = (
+                device_for(gpu=args.gpu)
+                if args.gpu
+                else (device_for() if torch.cuda.is_available() else device_for(gpu="h100"))
+            )
+            with _lock:
+                _states[info.name] = _State(info, args.model)
+            gpu = info.short_name if (args.gpu or not torch.cuda.is_available()) else None
+        else:
+            gpu = args.gpu
+            if gpu is None and not torch.cuda.is_available():
+                print("no GPU here: pass --gpu NAME (e.g. --gpu h100) to use that GPU's shipped model", file=sys.stderr)
+                return 2
+        rows = explain(
+            args.m,
+            args.n,
+            args.k,
+            dtype=dtype,
+            a_trans=args.a_trans,
+            b_trans=args.b_trans,
+            objective=args.objective,
+            gpu=gpu,
+        )
+    except (ValueError, ModelError) as e:
+        print(f"gpperf-torch select: {e}", file=sys.stderr)
+        return 2
+    shown = rows if args.top == 0 else rows[: args.top]
+    if args.json:
+        print(json.dumps(shown, indent=1))
+        return 0
+    targets = [t for t in ("time_ms", "power_w", "energy_j") if t in rows[0]]
+    first = rows[0]
+    print(
+        f"{args.m}x{args.n}x{args.k} {dtype} a_trans={int(args.a_trans)} b_trans={int(args.b_trans)} "
+        f"objective={first['objective']} on {first['device']} (model: {first['model']})"
+    )
+    head = f"{'rank':>4}  {'config':<26}" + "".join(f"{t:>12}" for t in targets)
+    print(head)
+    print("-" * len(head))
+    for r in shown:
+        print(f"{r['rank']:>4}  {r['config']:<26}" + "".join(f"{r[t]:>12.5g}" for t in targets))
+    print(f"({len(rows)} candidates; best first)")
+    return 0

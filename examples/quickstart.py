@@ -1,0 +1,76 @@
+"""Quickstart: multiply a few shapes through gpperf_torch.matmul, check them against torch, and show which tile
+config was chosen for each shape and why (the predictor's ranking, via gpperf_torch.explain).
+
+    python examples/quickstart.py            # on a GPU: real kernels, predicted times for this GPU
+    python examples/quickstart.py --small    # tiny shapes (what runs on a CPU through the Triton interpreter)
+
+Without a GPU this runs the same Triton kernel through the interpreter: results are real, times are not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before gpperf_torch imports the kernel
+
+import gpperf_torch as gp  # noqa: E402
+from gpperf_torch import kernels  # noqa: E402
+
+GPU_SHAPES = [(1, 4096, 4096), (16, 11008, 4096), (512, 4096, 4096), (4096, 4096, 4096), (100, 37, 53)]
+CPU_SHAPES = [(1, 256, 128), (16, 96, 64), (100, 37, 53), (128, 128, 64)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--small", action="store_true", help="tiny shapes (default without a GPU)")
+    parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    parser.add_argument("--objective", default="time", help="time | energy | edp | balanced | power_cap:<W>")
+    args = parser.parse_args(argv)
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    dtype = getattr(torch, args.dtype)
+    shapes = CPU_SHAPES if (args.small or not cuda) else GPU_SHAPES
+    if cuda:
+        print(f"GPU: {torch.cuda.get_device_name()}  (Triton kernels compiled for it)")
+    else:
+        print("No GPU: running the Triton kernel through the Triton interpreter (TRITON_INTERPRET=1).")
+        print("Results are real; predicted times are for the model's GPU, not for this CPU.")
+    print(f"dtype {args.dtype}, objective {args.objective}\n")
+
+    ok = True
+    header = f"{'M x N x K':>18}  {'chosen':<28} {'pred ms':>9} {'2nd best':<28} {'max |err|':>10}  check"
+    print(header)
+    print("-" * len(header))
+    for m, n, k in shapes:
+        a = torch.randn(m, k, device=device).to(dtype)
+        w = torch.randn(n, k, device=device).to(dtype)  # a Linear weight: used as a transposed view
+        with gp.objective(args.objective):
+            out = gp.matmul(a, w.t())
+            ranked = gp.explain(m, n, k, dtype=dtype, b_trans=True, device=device)
+        ref = a.double() @ w.double().t()
+        err = (out.double() - ref).abs().max().item()
+        tol = (2e-2 if dtype == torch.bfloat16 else 2e-3) * max(1.0, ref.abs().max().item())
+        good = err <= tol
+        ok &= good
+        best, second = ranked[0], ranked[1] if len(ranked) > 1 else ranked[0]
+        print(
+            f"{f'{m}x{n}x{k}':>18}  {best['config']:<28} {best['time_ms']:>9.4f} {second['config']:<28} "
+            f"{err:>10.2e}  {'ok' if good else 'FAIL'}"
+        )
+    src = ranked[0]["model"]
+    why = "the analytic rule (no model for this GPU)" if src == "analytic" else f"the predictor {os.path.basename(src)}"
+    print(f"\nWhy: each shape's config is the best of {len(ranked)} candidates as ranked by {why}.")
+    if not cuda:
+        print("(interpreter run: correctness is real, the times above are the model's predictions for its GPU)")
+    print("all results match torch" if ok else "MISMATCH against torch")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""The custom op and the `matmul` front: torch.matmul semantics, opcheck, torch.compile, autograd, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import assert_close_to_reference, randn
+
+import gpperf_torch as gp
+from gpperf_torch import TileConfig, kernels
+
+DEVICES = [
+    pytest.param(
+        "cpu",
+        id="interp",
+        marks=pytest.mark.skipif(not kernels.interpreting(), reason="CPU runs need TRITON_INTERPRET=1"),
+    ),
+    pytest.param("cuda", id="cuda", marks=pytest.mark.cuda),
+]
+SMALL = TileConfig(16, 32, 32)  # keeps the interpreter quick; selection is tested without a forced config too
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize(
+    "sa, sb",
+    [
+        ((7,), (7,)),  # dot
+        ((7,), (7, 5)),  # vector @ matrix
+        ((6, 7), (7,)),  # matrix @ vector
+        ((6, 7), (7, 5)),
+        ((3, 6, 7), (7, 5)),  # batched @ 2-D: folded into M
+        ((2, 3, 6, 7), (7, 5)),  # 4-D @ 2-D
+        ((6, 7), (3, 7, 5)),  # 2-D @ batched
+        ((2, 1, 6, 7), (3, 7, 5)),  # broadcast batch
+        ((3, 6, 7), (3, 7, 5)),
+    ],
+    ids=str,
+)
+def test_matches_torch_matmul_semantics(device, dtype, sa, sb):
+    a, b = randn(*sa, dtype=dtype, device=device), randn(*sb, dtype=dtype, device=device)
+    out = gp.matmul(a, b, config=SMALL)
+    ref = torch.matmul(a.double(), b.double())
+    assert out.shape == ref.shape and out.dtype == dtype
+    rtol, atol = {torch.float16: (2e-3, 1e-2), torch.bfloat16: (1.6e-2, 3e-2), torch.float32: (1e-5, 1e-5)}[dtype]
+    torch.testing.assert_close(out.double(), ref, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
+def test_selected_config_without_forcing(device, dtype):
+    a = randn(100, 53, dtype=dtype, device=device)
+    b = randn(37, 53, dtype=dtype, device=device).t()  # weight-like transposed view
+    assert_close_to_reference(gp.matmul(a, b), a, b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    a = randn(40, 24, dtype=torch.float32, device=device, gen=None).requires_grad_()
+    b = randn(24, 18, dtype=torch.float32, device=device).requires_grad_()
+    torch.library.opcheck(torch.ops.gpperf.mm.default, (a, b, SMALL.key, None))
+    a3 = randn(2, 20, 24, dtype=torch.float16, device=device)
+    b3 = randn(2, 24, 18, dtype=torch.float16, device=device)
+    torch.library.opcheck(torch.ops.gpperf.mm.default, (a3, b3, SMALL.key, "time"))
+
+
+def test_gradcheck_float64_cpu_path():
+    a = torch.randn(2, 1, 5, 6, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, 6, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, y: gp.matmul(x, y), (a, b))
+    v = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, y: gp.matmul(x, y), (a, v))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_through_the_kernel(device):
+    a = randn(33, 40, dtype=torch.float32, device=device).requires_grad_()
+    w = randn(24, 40, dtype=torch.float32, device=device).requires_grad_()
+    gp.matmul(a, w.t(), config=SMALL).square().sum().backward()
+    a2, w2 = a.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    (a2 @ w2.t()).square().sum().backward()
+    torch.testing.assert_close(a.grad.double(), a2.grad, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(w.grad.double(), w2.grad, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_fullgraph(backend, device):
+    torch._dynamo.reset()
+    a = randn(2, 16, 24, dtype=torch.float32, device=device)
+    b = randn(24, 20, dtype=torch.float32, device=device)
+
+    def f(x, y):
+        return torch.relu(gp.matmul(x, y, config=SMALL)) + 1
+
+    compiled = torch.compile(f, backend=backend, fullgraph=True)
+    torch.testing.assert_close(compiled(a, b), f(a, b))
+    # a new shape goes through the same compiled graph and picks its own config
+    a2 = randn(2, 9, 24, dtype=torch.float32, device=device)
+    torch.testing.assert_close(compiled(a2, b), f(a2, b))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_inductor_with_backward(device):
+    torch._dynamo.reset()
+    lin = gp.Linear(24, 16).to(device)
+    x = randn(8, 24, dtype=torch.float32, device=device).requires_grad_()
+    compiled = torch.compile(lin, backend="inductor", fullgraph=True)
+    out = compiled(x)
+    torch.testing.assert_close(out, torch.nn.functional.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    assert lin.weight.grad is not None and x.grad is not None
+
+
+def test_float64_and_cpu_without_interpreter_use_torch():
+    a, b = torch.randn(5, 6, dtype=torch.float64), torch.randn(6, 7, dtype=torch.float64)
+    torch.testing.assert_close(gp.matmul(a, b), a @ b)
+
+
+@pytest.mark.parametrize(
+    "a, b, err, match",
+    [
+        (torch.randn(3, 4), torch.randn(5, 6), ValueError, r"\(3, 4\).*\(5, 6\)"),
+        (torch.randn(2, 3, 4), torch.randn(3, 5, 6), ValueError, "inner dimensions"),
+        (torch.randn(2, 3, 4), torch.randn(3, 4, 6), ValueError, "batch dimensions do not broadcast"),
+        (torch.randn(3, 4), torch.randn(4, 5, dtype=torch.float16), TypeError, "float32 and torch.float16"),
+        (torch.ones(3, 4, dtype=torch.int64), torch.ones(4, 5, dtype=torch.int64), TypeError, "int64"),
+        (torch.ones(3, 4, dtype=torch.complex64), torch.ones(4, 5, dtype=torch.complex64), TypeError, "complex"),
+        (torch.tensor(2.0), torch.randn(3), ValueError, "at least 1D"),
+    ],
+)
+def test_bad_input_errors_name_the_problem(a, b, err, match):
+    with pytest.raises(err, match=match):
+        gp.matmul(a, b)
+    with pytest.raises(RuntimeError):  # the kind torch.matmul raises, too
+        gp.matmul(a, b)
+
+
+@pytest.mark.cuda
+def test_device_mismatch_error():
+    with pytest.raises(ValueError, match="cuda.*cpu|cpu.*cuda"):
+        gp.matmul(torch.randn(3, 4, device="cuda"), torch.randn(4, 5))
+
+
+def test_forced_config_must_be_valid():
+    a, b = torch.randn(8, 8), torch.randn(8, 8)
+    with pytest.raises(ValueError, match="shared memory"):
+        gp.matmul(a, b, config=TileConfig(256, 256, 128, num_warps=8, num_stages=5))
+    with pytest.raises(ValueError, match="not a TileConfig key"):
+        gp.matmul(a, b, config="big")
+    with pytest.raises(ValueError, match="unknown objective"):
+        gp.matmul(a, b, objective="fastest")
