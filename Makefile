@@ -9,7 +9,7 @@ CPU_TORCH := torch==2.13.0
 CPU_TRITON := triton==3.7.1
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
 
-.PHONY: venv demo test lint gpu-check gpu-check-dry bench clean
+.PHONY: venv demo test lint gpu-check gpu-check-dry gpu-wheels bench clean
 
 $(VENV)/.stamp: pyproject.toml Makefile
 	@if [ ! -x $(PY) ]; then \
@@ -45,6 +45,13 @@ lint: venv
 # python (no registry there): missing wheels come from .whl/.
 gpu-check:
 	bash benchmarks/gpu_check.sh
+
+# Wheels a lent GPU machine lacks (it has no package registry): carried in .whl/ with the device call.
+gpu-wheels:
+	mkdir -p .whl
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d .whl skl2onnx==1.20.0 platformdirs==4.14.8
 
 # The same script on the CPU through the Triton interpreter, tiny shapes and budgets.
 gpu-check-dry: venv

@@ -148,6 +148,7 @@ class _State:
         self.info = info
         self.model = _load_model(info, model_path)
         self.memory: dict[tuple, TileConfig | None] = {}
+        self.valid: dict[str, list[TileConfig | None]] = {}
         self.disk = _DiskCache(info, self.model.model_hash if self.model else "analytic")
         for k, v in self.disk.load().items():
             self.memory[k] = None if v == TORCH else TileConfig.from_key(v)
@@ -287,11 +288,17 @@ def choose(a: torch.Tensor, b: torch.Tensor, forced: TileConfig | None, objectiv
 
 # ---- first sight -------------------------------------------------------------------------------------
 def _valid_candidates(st: _State, dtype: str) -> list[TileConfig | None]:
-    es = kernels.elem_size(dtype)
-    cands = st.model.candidates if st.model else kernels.candidate_space()
-    return [
-        c for c in cands if c is None or kernels.is_valid(c, elem_size=es, max_shared_memory=st.info.max_shared_memory)
-    ]
+    """The model's candidates (None: torch.matmul) that run on this device for `dtype` (cached per state)."""
+    cached = st.valid.get(dtype)
+    if cached is None:
+        es = kernels.elem_size(dtype)
+        cands = st.model.candidates if st.model else kernels.candidate_space()
+        smem = st.info.max_shared_memory
+        cached = [c for c in cands if c is None or kernels.is_valid(c, elem_size=es, max_shared_memory=smem)]
+        if not cached:
+            raise ValueError(f"none of the model's {len(cands)} candidates runs on {st.info.name} for {dtype}")
+        st.valid[dtype] = cached
+    return cached
 
 
 def _select(st: _State, key: tuple) -> TileConfig | None:

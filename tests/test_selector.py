@@ -1,0 +1,266 @@
+"""Selection: objectives, cuBLAS as a candidate, caching (memory + disk), fallback, explain, CLI, verify mode."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import gpperf_torch as gp
+from gpperf_torch import dataset, kernels, selector
+from gpperf_torch.cli import main as cli_main
+from gpperf_torch.kernels import TileConfig
+
+pytest.importorskip("sklearn", reason="training a test model needs the [train] extra")
+from gpperf_torch import train  # noqa: E402
+
+# Two configs with a known trade-off: FAST is quickest but draws the most power; FRUGAL is 3% slower at much lower
+# power (so `energy` and `balanced` pick it); SLOW is worse at everything; torch wins only on tiny shapes.
+FAST = TileConfig(32, 32, 32, num_warps=4, num_stages=3)
+FRUGAL = TileConfig(16, 32, 32, num_warps=2, num_stages=3)
+SLOW = TileConfig(16, 16, 64, num_warps=1, num_stages=2)
+POWER = {FAST.key: 400.0, FRUGAL.key: 250.0, SLOW.key: 300.0, "torch": 380.0}
+
+
+def _synthetic_rows(with_energy: bool) -> list[dict]:
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(40):
+        m, n, k = (int(x) for x in np.exp(rng.uniform(np.log(64), np.log(4096), 3)))
+        flops_ms = 2 * m * n * k / 5e11
+        for key, factor in ((FAST.key, 1.0), (FRUGAL.key, 1.03), (SLOW.key, 1.5), ("torch", 1.2)):
+            t = flops_ms * factor + 0.002
+            cfg = TileConfig.from_key(key).as_dict() if key != "torch" else {}
+            row = {
+                "gpu": "NVIDIA H100 80GB HBM3",
+                "m": m,
+                "n": n,
+                "k": k,
+                "dtype": "float16",
+                "a_trans": 0,
+                "b_trans": 1,
+                "tf32": 0,
+                "backend": "torch" if key == "torch" else "triton",
+                "config": "" if key == "torch" else key,
+                "status": "ok",
+                "time_ms": t,
+                "source": "test",
+                **cfg,
+            }
+            if with_energy:
+                row["power_w"] = POWER[key]
+                row["energy_j"] = POWER[key] * t / 1e3
+            rows.append(row)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    out = {}
+    for name, energy in (("energy", True), ("time", False)):
+        table = dataset.from_rows(_synthetic_rows(energy))
+        fitted = train.fit(table, seed=0, n_jobs=1, n_estimators=20)
+        d = tmp_path_factory.mktemp(f"model_{name}")
+        train.export(fitted, d, {"provenance": "synthetic test data"})
+        out[name] = d
+    return out
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    monkeypatch.setenv("GPPERF_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("GPPERF_DISK_CACHE", "0")
+    selector.reset()
+    yield
+    selector.reset()
+
+
+def _key(m=1024, n=1024, k=1024, obj="time"):
+    return (m, n, k, 1, "float16", False, True, False, obj)
+
+
+def _st(model_dir):
+    selector.set_model(str(model_dir), "cpu")
+    return selector._state(torch.device("cpu"))
+
+
+def test_objectives_choose_by_their_rule(fresh, model_dirs):
+    st = _st(model_dirs["energy"])
+    assert st.model.targets == ("time_ms", "power_w", "energy_j")
+    best = {obj: selector.rank(st, _key(obj=obj))[0][0] for obj in ("time", "energy", "edp", "balanced")}
+    assert best["time"] == FAST
+    assert best["energy"] == FRUGAL
+    assert best["balanced"] == FRUGAL  # 3% slower is inside the 5% slack, and uses less energy
+    strict = selector.rank(st, _key(obj="balanced:0.001"))[0][0]
+    assert strict == FAST  # nothing else is within 0.1% of the fastest
+    cap = selector.rank(st, _key(obj="power_cap:320"))
+    assert cap[0][0] == FRUGAL and cap[0][1]["power_w"] <= 320  # FAST (400 W) is over the cap
+
+
+def test_power_cap_nobody_fits_takes_lowest_power(fresh, model_dirs, caplog):
+    st = _st(model_dirs["energy"])
+    with caplog.at_level(logging.WARNING):
+        ranked = selector.rank(st, _key(obj="power_cap:10"))
+    assert ranked[0][0] == FRUGAL and "no config is predicted under" in caplog.text
+
+
+def test_energy_objective_on_time_only_model_names_the_fix(fresh, model_dirs):
+    st = _st(model_dirs["time"])
+    assert selector.rank(st, _key())[0][0] == FAST
+    with pytest.raises(ValueError, match="gpperf-torch tune.*gpperf-torch train"):
+        selector.rank(st, _key(obj="energy"))
+
+
+def test_torch_is_a_candidate(fresh, model_dirs):
+    st = _st(model_dirs["energy"])
+    ranked = selector.rank(st, _key(8, 8, 8))
+    assert None in [c for c, _ in ranked], "torch.matmul (cuBLAS) must be scored with the rest"
+
+
+def test_op_uses_objective_context_and_caches(fresh, model_dirs, monkeypatch):
+    selector.set_model(str(model_dirs["energy"]), "cpu")
+    calls = []
+    real = selector.rank
+    monkeypatch.setattr(selector, "rank", lambda st, key: calls.append(key) or real(st, key))
+    a = torch.randn(1024, 512, dtype=torch.float16)
+    w = torch.randn(768, 512, dtype=torch.float16)
+    assert selector.choose(a, w.t(), None, None) == FAST
+    assert selector.choose(a, w.t(), None, None) == FAST
+    assert len(calls) == 1, "the second call must be a cache hit"
+    with gp.objective("energy"):
+        assert selector.choose(a, w.t(), None, None) == FRUGAL
+    assert len(calls) == 2 and calls[1][-1] == "energy"
+    if kernels.interpreting():
+        a, w = a[:40, :48], w[:24, :48]
+        with gp.objective("energy"):
+            out = gp.matmul(a, w.t())
+        torch.testing.assert_close(out.float(), a.float() @ w.float().t(), rtol=2e-3, atol=2e-2)
+
+
+def test_env_objective_and_mode(fresh, monkeypatch):
+    monkeypatch.setenv("GPPERF_OBJECTIVE", "edp")
+    selector.reset()
+    assert selector.current_objective() == "edp"
+    monkeypatch.setenv("GPPERF_OBJECTIVE", "fastest")
+    with pytest.raises(ValueError, match="unknown objective"):
+        selector.reset()
+    monkeypatch.setenv("GPPERF_OBJECTIVE", "time")
+    monkeypatch.setenv("GPPERF_MODE", "guess")
+    with pytest.raises(ValueError, match="GPPERF_MODE"):
+        selector.reset()
+    monkeypatch.delenv("GPPERF_MODE")
+
+
+@pytest.mark.parametrize("bad", ["fast", "power_cap", "power_cap:-3", "time:2", "balanced:x"])
+def test_parse_objective_rejects(bad):
+    with pytest.raises(ValueError):
+        selector.parse_objective(bad)
+
+
+def test_explain_ranks_with_predictions(fresh, model_dirs):
+    selector.set_model(str(model_dirs["energy"]), "cpu")
+    rows = gp.explain(2048, 2048, 1024, dtype=torch.float16, b_trans=True, objective="energy", device="cpu")
+    assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
+    assert rows[0]["config"] == FRUGAL.key
+    energies = [r["energy_j"] for r in rows]
+    assert energies == sorted(energies)
+    assert all(math.isfinite(r["time_ms"]) and r["power_w"] > 0 for r in rows)
+
+
+def test_no_model_uses_analytic_rule_and_warns_once(fresh, caplog):
+    with caplog.at_level(logging.WARNING):
+        rows = gp.explain(4096, 4096, 4096, dtype="fp16", gpu="l4")  # no shipped model for an L4
+        gp.explain(64, 64, 64, dtype="fp16", gpu="l4")
+    assert rows[0]["model"] == "analytic" and rows[0]["backend"] == "triton"
+    assert caplog.text.count("no model for NVIDIA L4") == 1
+    assert "gpperf-torch tune" in caplog.text and "gpperf-torch train" in caplog.text
+    # big GEMMs get big tiles, tiny ones small tiles
+    big = TileConfig.from_key(rows[0]["config"])
+    small = TileConfig.from_key(gp.explain(16, 64, 64, dtype="fp16", gpu="l4")[0]["config"])
+    assert big.block_m * big.block_n > small.block_m * small.block_n
+
+
+def test_bad_model_is_a_clear_error(fresh, model_dirs, tmp_path, monkeypatch):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in ("model.onnx", "model.json"):
+        (bad / f).write_bytes((model_dirs["time"] / f).read_bytes())
+    (bad / "model.onnx").write_bytes((bad / "model.onnx").read_bytes() + b"\0")
+    with pytest.raises(ValueError, match="sha256"):
+        selector.set_model(str(bad), "cpu")
+    monkeypatch.setenv("GPPERF_MODEL", str(bad))
+    selector.reset()
+    with pytest.raises(gp.ModelError, match="GPPERF_MODEL"):
+        selector._state(torch.device("cpu"))
+
+
+def test_disk_cache_round_trip_corrupt_and_concurrent(fresh, model_dirs, monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("GPPERF_DISK_CACHE", "1")
+    selector.set_model(str(model_dirs["time"]), "cpu")
+    a, b = torch.randn(96, 80, dtype=torch.float16), torch.randn(80, 72, dtype=torch.float16)
+    cfg = selector.choose(a, b, None, None)
+    st = selector._state(torch.device("cpu"))
+    st.disk.flush()
+    saved = json.loads(st.disk.path.read_text())["selections"]
+    assert any(v == (cfg.key if cfg else "torch") for v in saved.values())
+    # a new process-level state loads it back without scoring
+    selector.set_model(str(model_dirs["time"]), "cpu")
+    st2 = selector._state(torch.device("cpu"))
+    assert any(k[:3] == (96, 72, 80) for k in st2.memory)
+    # corrupt file: warned and ignored, never an error
+    st2.disk.path.write_text("{not json")
+    with caplog.at_level(logging.WARNING):
+        selector.set_model(str(model_dirs["time"]), "cpu")
+    assert "corrupt selection cache" in caplog.text
+    # two processes adding entries at once: the file stays valid JSON holding both
+    path = st2.disk.path
+    path.unlink()
+    code = (
+        "import sys, torch; from gpperf_torch import selector; from gpperf_torch.device import KNOWN_DEVICES\n"
+        "c = selector._DiskCache(KNOWN_DEVICES['h100'], sys.argv[2])\n"
+        "c.path = __import__('pathlib').Path(sys.argv[1])\n"
+        "for i in range(40): c.pending[f'{i},{sys.argv[3]},1,1,float16,0,0,0,time'] = 'torch'; c.flush()\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(path), "h", tag]) for tag in ("7", "9")]
+    assert all(p.wait(timeout=60) == 0 for p in procs)
+    sel = json.loads(path.read_text())["selections"]
+    assert sum(k.split(",")[1] == "7" for k in sel) == 40 and sum(k.split(",")[1] == "9" for k in sel) == 40
+
+
+def test_cli_select_with_shipped_model(capsys, fresh):
+    from gpperf_torch.predictor import list_shipped
+
+    if "h100" not in list_shipped():
+        pytest.skip("no shipped h100 model in gpperf_torch/data")
+    assert cli_main(["select", "4096", "4096", "4096", "--dtype", "bf16", "--gpu", "h100", "--top", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "rank" in out and "time_ms" in out and len(out.strip().splitlines()) >= 8
+    assert cli_main(["select", "64", "64", "64", "--gpu", "h100", "--json", "--top", "0"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["rank"] == 1 and len(rows) > 10
+    assert cli_main(["select", "64", "64", "64", "--gpu", "h100", "--objective", "energy"]) == 2
+    assert "objective=" not in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not kernels.interpreting(), reason="verify mode on CPU runs through the Triton interpreter")
+def test_verify_mode_benchmarks_top_k_and_records(fresh, model_dirs, monkeypatch, tmp_path):
+    monkeypatch.setenv("GPPERF_VERIFY_TOP_K", "2")
+    selector.set_model(str(model_dirs["time"]), "cpu")
+    a, b = torch.randn(20, 24), torch.randn(24, 16)
+    with gp.mode("verify"):
+        out = gp.matmul(a, b)
+    torch.testing.assert_close(out, a @ b, rtol=1e-5, atol=1e-5)
+    from gpperf_torch.verify import dataset_path
+
+    rows = dataset.load_table(
+        [str(dataset_path(selector._state(torch.device("cpu")).info.name))], include_interpreted=True
+    )
+    assert len(rows) == 2 and set(rows["m"].tolist()) == {20}
+    with pytest.raises(ValueError, match="unknown mode"), gp.mode("fastest"):
+        pass
