@@ -44,7 +44,7 @@ lint: venv
 # The prepared GPU check (benchmarks/README.md gives the exact device call). Runs with the machine's own
 # python (no registry there): missing wheels come from .whl/.
 gpu-check:
-	bash benchmarks/gpu_check.sh
+	bash benchmarks/gpu_check.sh $(GPU_CHECK_ARGS)
 
 # Wheels a lent GPU machine lacks (it has no package registry): carried in .whl/ with the device call.
 gpu-wheels:

@@ -19,7 +19,6 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before gpperf_torch imports the kernel
 
 import gpperf_torch as gp  # noqa: E402
-from gpperf_torch import kernels  # noqa: E402
 
 GPU_SHAPES = [(1, 4096, 4096), (16, 11008, 4096), (512, 4096, 4096), (4096, 4096, 4096), (100, 37, 53)]
 CPU_SHAPES = [(1, 256, 128), (16, 96, 64), (100, 37, 53), (128, 128, 64)]

@@ -8,6 +8,17 @@ with gpperf_torch.objective("energy"):        # or "edp", "balanced", "power_cap
 
 from __future__ import annotations
 
+import os as _os
+
+# Installed, `gpperf_torch.kernels` is the top-level `kernels/` folder of the source tree (setuptools
+# package-dir). Run from a plain checkout (PYTHONPATH=., a GPU machine without pip access), the same folder is
+# found through the package path, so the import below works both ways.
+_here = _os.path.dirname(_os.path.abspath(__file__))
+if not _os.path.isdir(_os.path.join(_here, "kernels")) and _os.path.isfile(
+    _os.path.join(_os.path.dirname(_here), "kernels", "__init__.py")
+):
+    __path__.append(_os.path.dirname(_here))
+
 from . import kernels
 from .errors import DeviceMismatchError, DtypeError, ModelError, ShapeError
 from .kernels import TileConfig, candidate_space
@@ -38,8 +49,10 @@ __all__ = [
 ]
 
 
-def tune(*args, **kwargs):
-    """Offline tuning run (see `gpperf_torch.tune.tune`); imported lazily, it is not needed at run time."""
-    from .tune import tune as _tune
+def __getattr__(name: str):
+    # `gpperf_torch.tune(...)`: the offline tuning run, imported on first use (not needed at run time).
+    if name == "tune":
+        import importlib
 
-    return _tune(*args, **kwargs)
+        return importlib.import_module(".tune", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -69,7 +69,69 @@ def known_device(name: str) -> DeviceInfo:
     return KNOWN_DEVICES[key]
 
 
-def _nvml_clocks_and_power(index: int) -> tuple[int, int, float] | None:
+# The descriptor fields a tuning CSV row carries (dataset.DEVICE_COLUMNS) -> DeviceInfo fields.
+_FIELD_MAP = {
+    "sm_count": "sm_count",
+    "max_shared_memory": "max_shared_memory",
+    "l2_bytes": "l2_bytes",
+    "sm_clock_max_mhz": "sm_clock_mhz",
+    "mem_clock_max_mhz": "mem_clock_mhz",
+    "mem_bandwidth_gbs": "mem_bandwidth_gbs",
+    "power_limit_w": "power_limit_w",
+}
+# Without these the features cannot be computed; l2_bytes and power_limit_w are descriptive only.
+_REQUIRED_FIELDS = ("sm_count", "max_shared_memory", "sm_clock_max_mhz", "mem_clock_max_mhz", "mem_bandwidth_gbs")
+
+
+def _capability(value: object) -> tuple[int, int]:
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return int(value[0]), int(value[1])
+    text = str(value).strip()
+    if not text:
+        return (0, 0)
+    major, _, minor = text.partition(".")
+    return int(float(major)), int(minor or 0)
+
+
+def descriptor_from_fields(name: str, fields: dict) -> DeviceInfo:
+    """A DeviceInfo from the device columns of a tuning CSV row (capability "8.6", sm_count, max_shared_memory,
+    l2_bytes, sm_clock_max_mhz, mem_clock_max_mhz, mem_bandwidth_gbs, power_limit_w): how a GPU that
+    KNOWN_DEVICES does not list (e.g. "NVIDIA RTX A6000") is described when training on its own tuning data.
+
+    ValueError names the fields that are missing or not positive (the features need them)."""
+
+    def value(key: str) -> float:
+        v = fields.get(key)
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            return float("nan")
+        return v
+
+    bad = [k for k in _REQUIRED_FIELDS if not value(k) > 0]
+    if bad:
+        raise ValueError(
+            f"GPU {name!r} is not in the known table ({', '.join(sorted(KNOWN_DEVICES))}) and its data rows lack "
+            f"the device fields {bad}: re-run `gpperf-torch tune` (which records them) or add the GPU to "
+            "device.KNOWN_DEVICES"
+        )
+    vals = {dst: value(src) for src, dst in _FIELD_MAP.items()}
+    return DeviceInfo(
+        name=name,
+        short_name=short_name_of(name),
+        capability=_capability(fields.get("capability", "")),
+        sm_count=int(vals["sm_count"]),
+        max_shared_memory=int(vals["max_shared_memory"]),
+        l2_bytes=int(vals["l2_bytes"]) if vals["l2_bytes"] > 0 else 0,
+        sm_clock_mhz=int(round(vals["sm_clock_mhz"])),
+        mem_clock_mhz=int(round(vals["mem_clock_mhz"])),
+        mem_bandwidth_gbs=float(vals["mem_bandwidth_gbs"]),
+        power_limit_w=float(vals["power_limit_w"]) if vals["power_limit_w"] > 0 else 0.0,
+    )
+
+
+def _nvml_clocks_power_bandwidth(index: int) -> tuple[int, int, float, float | None] | None:
+    """Max SM and memory clocks (MHz), enforced power limit (W) and peak DRAM bandwidth (GB/s) from NVML."""
     try:
         import pynvml
     except ImportError:
@@ -80,7 +142,11 @@ def _nvml_clocks_and_power(index: int) -> tuple[int, int, float] | None:
         sm = pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM)
         mem = pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_MEM)
         power = pynvml.nvmlDeviceGetEnforcedPowerLimit(h) / 1000.0
-        return int(sm), int(mem), float(power)
+        try:  # double data rate x bus width: e.g. H100 SXM 2 x 2619 MHz x 5120 bit = 3352 GB/s
+            bw = 2 * mem * 1e6 * pynvml.nvmlDeviceGetMemoryBusWidth(h) / 8 / 1e9
+        except Exception:
+            bw = None
+        return int(sm), int(mem), float(power), bw
     except Exception as e:  # NVML absent or refused: the table's values stand in
         logger.debug("NVML query failed: %s", e)
         return None
@@ -88,7 +154,11 @@ def _nvml_clocks_and_power(index: int) -> tuple[int, int, float] | None:
 
 @functools.lru_cache(maxsize=16)
 def current_device(index: int | None = None) -> DeviceInfo:
-    """Descriptor of a CUDA device from torch (+NVML for clocks and power limit)."""
+    """Descriptor of a CUDA device from torch (+NVML for clocks, bandwidth and power limit).
+
+    For a GPU in KNOWN_DEVICES the feature-relevant values (clocks, bandwidth) are the table's, the same ones
+    its training data was described with, so features match between training and selection.
+    """
     import torch
 
     if not torch.cuda.is_available():
@@ -100,11 +170,14 @@ def current_device(index: int | None = None) -> DeviceInfo:
     base = KNOWN_DEVICES.get(short)
     smem = int(getattr(p, "shared_memory_per_block_optin", 0) or (base.max_shared_memory if base else 101376))
     l2 = int(getattr(p, "L2_cache_size", 0) or (base.l2_bytes if base else 0))
-    nv = _nvml_clocks_and_power(index)
-    sm_clk, mem_clk, power = (
-        nv if nv else ((base.sm_clock_mhz, base.mem_clock_mhz, base.power_limit_w) if base else (1500, 1500, 300.0))
-    )
-    bw = base.mem_bandwidth_gbs if base else 1000.0
+    nv = _nvml_clocks_power_bandwidth(index)
+    power = nv[2] if nv else (base.power_limit_w if base else 300.0)
+    if base is not None:
+        sm_clk, mem_clk, bw = base.sm_clock_mhz, base.mem_clock_mhz, base.mem_bandwidth_gbs
+    elif nv is not None:
+        sm_clk, mem_clk, bw = nv[0], nv[1], nv[3] or 1000.0
+    else:
+        sm_clk, mem_clk, bw = 1500, 1500, 1000.0
     return DeviceInfo(p.name, short, (p.major, p.minor), p.multi_processor_count, smem, l2, sm_clk, mem_clk, bw, power)
 
 
@@ -123,4 +196,12 @@ def device_for(device: object = None, gpu: str | None = None) -> DeviceInfo:
     return KNOWN_DEVICES["h100"]
 
 
-__all__ = ["DeviceInfo", "KNOWN_DEVICES", "current_device", "device_for", "known_device", "short_name_of"]
+__all__ = [
+    "DeviceInfo",
+    "KNOWN_DEVICES",
+    "current_device",
+    "descriptor_from_fields",
+    "device_for",
+    "known_device",
+    "short_name_of",
+]

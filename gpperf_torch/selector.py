@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import kernels
-from .device import DeviceInfo, device_for
+from .device import KNOWN_DEVICES, DeviceInfo, device_for
 from .errors import ModelError
 from .kernels import TileConfig
 
@@ -159,7 +159,7 @@ class _State:
 
 
 def _load_model(info: DeviceInfo, path: str | None):
-    from .predictor import Predictor, shipped_model
+    from .predictor import Predictor, list_shipped, shipped_model
 
     path = path or os.environ.get("GPPERF_MODEL")
     if path:
@@ -168,6 +168,20 @@ def _load_model(info: DeviceInfo, path: str | None):
         except (ModelError, ValueError, OSError) as e:
             raise ModelError(f"GPPERF_MODEL={path!r} cannot be used: {e}") from e
     shipped = shipped_model(info.short_name)
+    if shipped is None:
+        # No model for this GPU by name: one trained on a GPU of the same architecture (compute capability, SM
+        # count) ranks configs alike (e.g. the H200 takes the H100's model; its memory is faster, not different).
+        for name in list_shipped():
+            cand = KNOWN_DEVICES.get(name)
+            if cand is not None and cand.capability == info.capability and cand.sm_count == info.sm_count:
+                shipped = shipped_model(name)
+                _warn_once(
+                    f"alias:{info.name}",
+                    "gpperf: no model for %s; using the %s model (same architecture)",
+                    info.name,
+                    name,
+                )
+                break
     if shipped is None:
         _warn_once(
             f"nomodel:{info.name}",

@@ -9,6 +9,7 @@ workspace that a second kernel reduces in a fixed order, so results are bitwise 
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -139,6 +140,12 @@ def _splitk_reduce_kernel(
     tl.store(c_ptr + row * stride_cm + col * stride_cn, acc.to(c_ptr.dtype.element_ty), mask=mask)
 
 
+@functools.lru_cache(maxsize=8192)
+def _config_reason(cfg: TileConfig, dtype: torch.dtype, max_shared_memory: int | None) -> str | None:
+    # launch() runs on every GEMM: validate each (config, dtype, device limit) once.
+    return check_config(cfg, elem_size=elem_size(dtype), max_shared_memory=max_shared_memory)
+
+
 def _span(t: torch.Tensor) -> int:
     """Largest element offset reachable in one matrix of `t` (for choosing 64-bit indexing)."""
     return sum((s - 1) * abs(st) for s, st in zip(t.shape[-2:], t.stride()[-2:], strict=True)) + 1
@@ -186,7 +193,7 @@ def launch(
 
     check_inputs(a, b, out)
     cfg = cfg or DEFAULT_CONFIG
-    reason = check_config(cfg, elem_size=elem_size(a.dtype), max_shared_memory=max_shared_memory)
+    reason = _config_reason(cfg, a.dtype, max_shared_memory)
     if reason is not None:
         raise ValueError(f"TileConfig {cfg.key} cannot run for {a.dtype} on {a.device}: {reason}")
     M, K = a.shape[-2:]

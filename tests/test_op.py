@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_close_to_reference, randn
 
 import gpperf_torch as gp
 from gpperf_torch import TileConfig, kernels
+
+from helpers import assert_close_to_reference, randn
 
 DEVICES = [
     pytest.param(

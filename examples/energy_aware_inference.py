@@ -1,0 +1,333 @@
+"""Energy-aware inference: a decoder-only transformer generating tokens greedily under each objective.
+
+A GPT-2-small-like model (random weights, built from a config: nothing is downloaded) is patched with
+`gpperf_torch.patch`, so every nn.Linear (q/k/v/o projections, the MLP, the LM head) goes through the op and
+gets a tile config per shape. It then generates under the objectives `time`, `energy` and `balanced`, and as
+plain PyTorch (unpatched), and prints per objective tokens/s, joules per token (NVML energy counter), average
+watts and the largest logit difference against plain PyTorch, plus a prefill vs decode breakdown: prefill GEMMs
+have M = batch x prompt length, decode GEMMs M = batch, and the two are chosen (and behave) differently.
+
+    python examples/energy_aware_inference.py                     # GPU: 12 layers, d=768, vocab 50257, fp16
+    python examples/energy_aware_inference.py --model mymodel     # a model trained with energy (tune + train)
+    python examples/energy_aware_inference.py --layers 2 --d-model 32 --vocab 96 --prompt-len 6 --new-tokens 4
+
+Without a GPU it runs a tiny model through the Triton interpreter: logits are real, times are CPU wall clock
+and there is no energy counter. The shipped models (trained on public data) predict time only: with them the
+`energy` and `balanced` objectives stop with a ValueError naming the fix, and this example prints that line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before gpperf_torch imports the kernel
+
+import gpperf_torch as gp  # noqa: E402
+from gpperf_torch import measure  # noqa: E402
+
+PLAIN = "plain PyTorch"
+
+
+# ---- the model ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DecoderConfig:
+    vocab: int = 50257
+    d_model: int = 768
+    n_layers: int = 12
+    n_heads: int = 12
+    d_ff: int = 3072
+    max_seq: int = 1024
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.n_heads = cfg.n_heads
+        self.ln1 = nn.LayerNorm(d)
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.ln2 = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, cfg.d_ff)
+        self.fc2 = nn.Linear(cfg.d_ff, d)
+
+    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None):
+        b, t, d = x.shape
+        h = self.ln1(x)
+
+        def heads(y: torch.Tensor) -> torch.Tensor:
+            return y.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2)
+
+        q, k, v = heads(self.q(h)), heads(self.k(h)), heads(self.v(h))
+        if past is not None:  # decode: attend to the cached keys/values and this step's
+            k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
+        # Prefill is causal within the prompt; a decode step's single query may see everything cached.
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=past is None and t > 1)
+        x = x + self.o(att.transpose(1, 2).reshape(b, t, d))
+        x = x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+        return x, (k, v)
+
+
+class Decoder(nn.Module):
+    """GPT-2-shaped decoder (pre-LayerNorm blocks, learned positions, untied LM head) with a KV cache."""
+
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok = nn.Embedding(cfg.vocab, cfg.d_model)
+        self.pos = nn.Embedding(cfg.max_seq, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab, bias=False)
+
+    def forward(self, ids: torch.Tensor, cache: list | None = None):
+        start = 0 if cache is None else cache[0][0].shape[2]
+        pos = torch.arange(start, start + ids.shape[1], device=ids.device)
+        x = self.tok(ids) + self.pos(pos)
+        new_cache = []
+        for i, block in enumerate(self.blocks):
+            x, kv = block(x, None if cache is None else cache[i])
+            new_cache.append(kv)
+        return self.head(self.ln_f(x)), new_cache
+
+
+# ---- generation in two phases ----------------------------------------------------------------------------
+def prefill(model: Decoder, prompt: torch.Tensor):
+    """The whole prompt at once: GEMMs with M = batch x prompt length. Returns last logits and the cache."""
+    logits, cache = model(prompt)
+    return logits[:, -1], cache
+
+
+def decode(model: Decoder, first: torch.Tensor, cache: list, steps: int, forced: torch.Tensor | None = None):
+    """`steps` single-token steps (GEMMs with M = batch) from `cache` (not modified: a new cache is built).
+
+    `forced` (batch, steps) feeds those tokens instead of the greedy ones, so that two models' logits are
+    compared on the same sequence. Returns the greedy tokens and the logits of every step.
+    """
+    tok, tokens, logits_all = first, [], []
+    for i in range(steps):
+        logits, cache = model(tok[:, None], cache)
+        logits = logits[:, -1]
+        logits_all.append(logits)
+        greedy = logits.argmax(-1)
+        tokens.append(greedy)
+        tok = forced[:, i] if forced is not None else greedy
+    return torch.stack(tokens, 1), logits_all
+
+
+def generate(model: Decoder, prompt: torch.Tensor, new_tokens: int, forced: torch.Tensor | None = None):
+    """Greedy generation: prefill gives token 1, then new_tokens - 1 decode steps. (tokens, list of logits)."""
+    last, cache = prefill(model, prompt)
+    first = last.argmax(-1)
+    tok0 = forced[:, 0] if forced is not None else first
+    rest, logits = decode(model, tok0, cache, new_tokens - 1, None if forced is None else forced[:, 1:])
+    return torch.cat([first[:, None], rest], 1), [last, *logits]
+
+
+# ---- measurement ---------------------------------------------------------------------------------------
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def measure_phase(fn, count: int, reps: int, meter, window_s: float) -> dict:
+    """Seconds per call of `fn` (which does `count` units of work), and joules and watts when a meter is there."""
+    fn()  # warm: compilation and first-sight selection happen here, not in the numbers
+    _sync()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    _sync()
+    out = {"s": (time.perf_counter() - t0) / reps, "j": None, "w": None}
+    if meter is not None and meter.available:
+
+        def run_batch() -> int:
+            fn()
+            _sync()
+            return count
+
+        energy = meter.measure(run_batch, window_s)
+        if energy is not None:
+            out["j"] = energy.energy_j * count  # the meter counts units: J per call
+            out["w"] = energy.power_w
+    return out
+
+
+def run_objective(model, prompt, new_tokens, ref, args, meter) -> dict:
+    """Generate once against the reference tokens (logit diff), then time (and meter) each phase."""
+    tokens, logits = generate(model, prompt, new_tokens, forced=ref["tokens"] if ref else None)
+    diff = 0.0
+    if ref is not None:
+        diff = max((a.float() - b.float()).abs().max().item() for a, b in zip(logits, ref["logits"], strict=True))
+    _, cache = prefill(model, prompt)
+    first = tokens[:, 0]
+    steps = max(new_tokens - 1, 1)
+    pre = measure_phase(lambda: prefill(model, prompt), 1, args.reps, meter, args.window_s)
+    dec = measure_phase(lambda: decode(model, first, cache, steps), steps, args.reps, meter, args.window_s)
+    return {
+        "tokens": tokens,
+        "logits": logits,
+        "max_diff": diff,
+        "same_tokens": bool(ref is None or torch.equal(tokens, ref["tokens"])),
+        "prefill": pre,
+        "decode": dec,
+        "steps": steps,
+    }
+
+
+def summarize(r: dict, batch: int, new_tokens: int) -> dict:
+    """Per-generation figures: prefill once, then new_tokens - 1 decode steps, batch sequences."""
+    pre, dec, steps = r["prefill"], r["decode"], r["steps"]
+    decode_steps = new_tokens - 1
+    total_s = pre["s"] + dec["s"] / steps * decode_steps
+    tokens = batch * new_tokens
+    out = {"tokens_per_s": tokens / total_s, "j_per_token": None, "watts": None}
+    if pre["j"] is not None and dec["j"] is not None:
+        total_j = pre["j"] + dec["j"] / steps * decode_steps
+        out["j_per_token"] = total_j / tokens
+        out["watts"] = total_j / total_s
+    return out
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+# ---- main ------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--layers", type=int, default=None, help="default 12 on a GPU, 2 on a CPU")
+    p.add_argument("--d-model", type=int, default=None, help="default 768 on a GPU, 32 on a CPU")
+    p.add_argument("--heads", type=int, default=None, help="default 12 on a GPU, 2 on a CPU")
+    p.add_argument("--vocab", type=int, default=None, help="default 50257 on a GPU, 96 on a CPU")
+    p.add_argument("--batch", type=int, default=None, help="sequences generated together (decode GEMMs: M = batch)")
+    p.add_argument("--prompt-len", type=int, default=None, help="prompt tokens (prefill GEMMs: M = batch x this)")
+    p.add_argument("--new-tokens", type=int, default=None, help="tokens generated per sequence (>= 2)")
+    p.add_argument("--dtype", default=None, choices=["float16", "bfloat16", "float32"], help="GPU fp16, CPU fp32")
+    p.add_argument("--objectives", nargs="+", default=["time", "energy", "balanced"], help="besides plain PyTorch")
+    p.add_argument("--model", default=None, help="gpperf model directory to select with (default: shipped model)")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions per phase (GPU 10, CPU 1)")
+    p.add_argument("--window-s", type=float, default=0.5, help="NVML energy window per phase and objective")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    threads = torch.get_num_threads()
+    if not torch.cuda.is_available():
+        torch.set_num_threads(1)  # a tiny model: more threads only wait on each other (and on a busy CPU, spin)
+    try:
+        return _main(args)
+    finally:
+        torch.set_num_threads(threads)
+        if args.model:
+            gp.set_model(None)
+
+
+def _main(args: argparse.Namespace) -> int:
+    cuda = torch.cuda.is_available()
+    gpu_defaults = dict(layers=12, d_model=768, heads=12, vocab=50257, batch=4, prompt_len=128, new_tokens=32, reps=10)
+    cpu_defaults = dict(layers=2, d_model=32, heads=2, vocab=96, batch=1, prompt_len=6, new_tokens=4, reps=1)
+    for key, value in (gpu_defaults if cuda else cpu_defaults).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.new_tokens < 2:
+        raise SystemExit("--new-tokens must be >= 2 (one from prefill, the rest from decode steps)")
+    dtype = getattr(torch, args.dtype or ("float16" if cuda else "float32"))
+    device = "cuda" if cuda else "cpu"
+
+    if cuda:
+        print(f"GPU: {torch.cuda.get_device_name()}")
+        meter = measure.open_energy_meter(torch.cuda.current_device())
+        if not meter.available:
+            print(f"energy: {meter.reason}; J/token and watts are n/a")
+    else:
+        meter = None
+        print("No GPU: the Triton kernels run through the Triton interpreter (TRITON_INTERPRET=1) on a tiny model.")
+        print("NOTE: the numbers below are NOT GPU numbers: times are CPU wall clock of the interpreter, and there")
+        print("is no energy counter (J/token and watts are n/a). The logits are real; selection uses the H100 model.")
+    if args.model:
+        gp.set_model(args.model)
+
+    torch.manual_seed(args.seed)
+    cfg = DecoderConfig(
+        vocab=args.vocab,
+        d_model=args.d_model,
+        n_layers=args.layers,
+        n_heads=args.heads,
+        d_ff=4 * args.d_model,
+        max_seq=max(1024, args.prompt_len + args.new_tokens),
+    )
+    model = Decoder(cfg).to(device=device, dtype=dtype).eval()
+    prompt = torch.randint(0, cfg.vocab, (args.batch, args.prompt_len), device=device)
+    print(
+        f"model: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads, d_ff {cfg.d_ff}, vocab {cfg.vocab} "
+        f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, random weights), {args.dtype or dtype}"
+    )
+    print(
+        f"generation: batch {args.batch}, prompt {args.prompt_len} tokens, {args.new_tokens} new tokens (greedy); "
+        f"prefill GEMMs M = {args.batch * args.prompt_len}, decode GEMMs M = {args.batch}\n"
+    )
+
+    results: dict[str, dict] = {}
+    skipped: dict[str, str] = {}
+    with torch.inference_mode():
+        results[PLAIN] = ref = run_objective(model, prompt, args.new_tokens, None, args, meter)
+        gp.patch(model)
+        for obj in args.objectives:
+            try:
+                with gp.objective(obj):
+                    results[obj] = run_objective(model, prompt, args.new_tokens, ref, args, meter)
+            except ValueError as e:  # this GPU's model lacks what the objective needs: the message names the fix
+                skipped[obj] = str(e)
+        gp.unpatch(model)
+
+    head = f"{'objective':<14} {'tokens/s':>10} {'J/token':>10} {'avg W':>8} {'max|dlogit|':>12}  same tokens"
+    print(head)
+    print("-" * len(head))
+    for name in [PLAIN, *args.objectives]:
+        if name in skipped:
+            print(f"{name:<14} skipped: {skipped[name]}")
+            continue
+        r = results[name]
+        s = summarize(r, args.batch, args.new_tokens)
+        print(
+            f"{name:<14} {s['tokens_per_s']:>10.1f} {_fmt(s['j_per_token'], '10.4f'):>10} "
+            f"{_fmt(s['watts'], '8.1f'):>8} {r['max_diff']:>12.3e}  {'yes' if r['same_tokens'] else 'no'}"
+        )
+
+    print("\nprefill vs decode (per prefill call of the whole prompt; per decode step = one token per sequence)")
+    head = f"{'objective':<14} {'prefill ms':>11} {'prefill J':>10} {'decode ms/step':>15} {'decode J/step':>14}"
+    print(head)
+    print("-" * len(head))
+    for name in [PLAIN, *args.objectives]:
+        if name in skipped:
+            continue
+        pre, dec, steps = results[name]["prefill"], results[name]["decode"], results[name]["steps"]
+        dec_j = None if dec["j"] is None else dec["j"] / steps
+        print(
+            f"{name:<14} {pre['s'] * 1e3:>11.3f} {_fmt(pre['j'], '10.4f'):>10} {dec['s'] / steps * 1e3:>15.3f} "
+            f"{_fmt(dec_j, '14.5f'):>14}"
+        )
+    if not cuda:
+        print("\n(interpreter run: the logit differences are real; times are not GPU times and energy is n/a)")
+    if skipped:
+        print(
+            "\nskipped objectives need a model with energy targets: measure on the GPU with `gpperf-torch tune` "
+            "(NVML), train with `gpperf-torch train`, and pass --model DIR (or set GPPERF_MODEL=DIR)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""Run-time predictor: a model.onnx + model.json pair, verified on load, that predicts time (and energy).
+
+Imports only numpy, onnxruntime and the standard library besides gpperf's own features/device/kernels: the op
+loads this module, and scikit-learn or skl2onnx must never be needed to select a config. Models load from
+ONNX + JSON only, never pickle.
+
+model.json (written by train.export) carries what is needed to use the ONNX graph correctly and to refuse it
+when it does not fit: the feature schema version and names, the target names and their transform, the
+candidate configs, the training device, and the sha256 of model.onnx. Any mismatch is a ValueError naming the
+file and the fix, never a silently wrong model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .device import DeviceInfo
+from .features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, config_matrix, shape_features
+from .kernels.configs import TileConfig
+
+logger = logging.getLogger(__name__)
+
+MODEL_FORMAT = "gpperf-model"
+MODEL_FORMAT_VERSION = 1
+TORCH_KEY = "torch"  # the candidate key of torch.matmul (cuBLAS)
+KNOWN_TARGETS = ("time_ms", "power_w", "energy_j")
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+def model_paths(path: str | Path) -> tuple[Path, Path]:
+    """(onnx, json) for a model directory (model.onnx + model.json) or a `<name>`, `<name>.onnx|.json` path."""
+    path = Path(path)
+    if path.is_dir():
+        return path / "model.onnx", path / "model.json"
+    stem = path.with_suffix("") if path.suffix in (".onnx", ".json") else path
+    return stem.with_name(stem.name + ".onnx"), stem.with_name(stem.name + ".json")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def parse_candidates(keys: Sequence[str]) -> list[TileConfig | None]:
+    """Candidate keys from model.json -> configs; "torch" -> None (torch.matmul)."""
+    return [None if key == TORCH_KEY else TileConfig.from_key(key) for key in keys]
+
+
+def check_meta(meta: dict, where: str) -> None:
+    """ValueError when model metadata cannot be used with this version of the feature code."""
+    if meta.get("format") != MODEL_FORMAT or meta.get("format_version") != MODEL_FORMAT_VERSION:
+        raise ValueError(
+            f"{where}: not a gpperf model description (format={meta.get('format')!r}, "
+            f"format_version={meta.get('format_version')!r}; expected {MODEL_FORMAT!r} v{MODEL_FORMAT_VERSION})"
+        )
+    version = meta.get("feature_schema_version")
+    if version != FEATURE_SCHEMA_VERSION or tuple(meta.get("feature_names", ())) != FEATURE_NAMES:
+        raise ValueError(
+            f"{where}: model was trained with feature schema v{version} "
+            f"({len(meta.get('feature_names', ()))} features), this gpperf computes v{FEATURE_SCHEMA_VERSION} "
+            f"({len(FEATURE_NAMES)} features): retrain it with `gpperf-torch train` or upgrade gpperf-torch"
+        )
+    targets = tuple(meta.get("targets", ()))
+    if not targets or targets[0] != "time_ms" or not set(targets) <= set(KNOWN_TARGETS):
+        raise ValueError(f"{where}: targets {targets} must start with 'time_ms' and be among {KNOWN_TARGETS}")
+    if meta.get("target_transform") != "log":
+        raise ValueError(f"{where}: unsupported target_transform {meta.get('target_transform')!r} (expected 'log')")
+    if not meta.get("candidates"):
+        raise ValueError(f"{where}: the model lists no candidate configs")
+    for field in ("device", "onnx_sha256"):
+        if field not in meta:
+            raise ValueError(f"{where}: missing field {field!r}; re-export the model with `gpperf-torch train`")
+
+
+class Predictor:
+    """A loaded model: `predict_features(X)` and `predict(shape...)` in linear units (ms, W, J)."""
+
+    def __init__(self, session, meta: dict, onnx_path: Path | None = None) -> None:
+        self._session = session
+        self._input = session.get_inputs()[0].name
+        self.meta = meta
+        self.targets: tuple[str, ...] = tuple(meta["targets"])
+        self.candidates: list[TileConfig | None] = parse_candidates(meta["candidates"])
+        self.candidate_keys: tuple[str, ...] = tuple(meta["candidates"])
+        self.device = DeviceInfo.from_dict(meta["device"])
+        self.model_hash: str = meta["onnx_sha256"]
+        self.path = onnx_path
+        self._cand_matrix = config_matrix(self.candidates)
+        n_out = session.get_outputs()[0].shape[-1]
+        if isinstance(n_out, int) and n_out != len(self.targets):
+            raise ValueError(
+                f"{onnx_path}: the graph has {n_out} outputs but model.json names targets {self.targets}: "
+                "the two files do not belong together; re-export the model"
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"Predictor({self.path}, device={self.device.short_name}, targets={self.targets}, "
+            f"{len(self.candidates)} candidates, hash={self.model_hash[:12]})"
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> Predictor:
+        """Load and verify `path` (a directory with model.onnx + model.json, or `<name>[.onnx|.json]`)."""
+        onnx_path, json_path = model_paths(path)
+        for p in (onnx_path, json_path):
+            if not p.is_file():
+                raise ValueError(
+                    f"model file {p} not found: a model is a pair <name>.onnx + <name>.json "
+                    "(or a directory with model.onnx + model.json), written by `gpperf-torch train`"
+                )
+        try:
+            meta = json.loads(json_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{json_path}: not valid JSON ({e}); re-export the model") from e
+        check_meta(meta, str(json_path))
+        actual = file_sha256(onnx_path)
+        if actual != meta["onnx_sha256"]:
+            raise ValueError(
+                f"{onnx_path}: sha256 {actual[:16]}... does not match {meta['onnx_sha256'][:16]}... recorded in "
+                f"{json_path.name}: the model file was changed or belongs to another export; re-export or "
+                "restore the pair"
+            )
+        import onnxruntime as ort  # deferred: importing it costs ~0.1 s, only paid when a model is used
+
+        opts = ort.SessionOptions()
+        # One thread: a selection scores tens of rows, where thread hand-off costs more than it saves.
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise ValueError(f"{onnx_path}: onnxruntime cannot load it: {e}") from e
+        n_in = session.get_inputs()[0].shape[-1]
+        if isinstance(n_in, int) and n_in != len(FEATURE_NAMES):
+            raise ValueError(f"{onnx_path}: graph takes {n_in} features, the schema has {len(FEATURE_NAMES)}")
+        logger.debug("loaded model %s (%s)", onnx_path, meta.get("provenance", ""))
+        return cls(session, meta, onnx_path)
+
+    def predict_features(self, X: np.ndarray) -> np.ndarray:
+        """(n, n_targets) predictions in linear units for float32 feature rows (features.FEATURE_NAMES)."""
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != len(FEATURE_NAMES):
+            raise ValueError(f"predict_features takes (n, {len(FEATURE_NAMES)}) float32 rows, got {X.shape}")
+        (y,) = self._session.run(None, {self._input: X})
+        return np.exp(np.asarray(y, dtype=np.float64).reshape(len(X), len(self.targets)))
+
+    def predict(
+        self,
+        m: int,
+        n: int,
+        k: int,
+        dtype: object,
+        a_trans: bool | int,
+        b_trans: bool | int,
+        tf32: bool | int = False,
+        cfgs: Sequence[TileConfig | None] | np.ndarray | None = None,
+        device: DeviceInfo | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Predicted {target: (n_cfg,) array} for one GEMM over `cfgs` (default: the model's candidates).
+
+        `cfgs` may be TileConfigs/None or a config matrix (features.config_matrix); `device` defaults to the
+        device the model was trained on.
+        """
+        if cfgs is None:
+            matrix = self._cand_matrix
+        elif isinstance(cfgs, np.ndarray):
+            matrix = cfgs
+        else:
+            matrix = config_matrix(cfgs)
+        X = shape_features(m, n, k, dtype, a_trans, b_trans, tf32, matrix, device or self.device)
+        y = self.predict_features(X)
+        return {name: y[:, i] for i, name in enumerate(self.targets)}
+
+
+def shipped_model(short_name: str) -> Path | None:
+    """Path of the shipped `<short_name>.onnx` (its .json beside it), or None when there is none."""
+    onnx_path, json_path = model_paths(DATA_DIR / short_name)
+    return onnx_path if onnx_path.is_file() and json_path.is_file() else None
+
+
+def list_shipped() -> list[str]:
+    """Short names (e.g. "a100", "h100") of the models shipped in gpperf_torch/data."""
+    return sorted(p.stem for p in DATA_DIR.glob("*.onnx") if p.with_suffix(".json").is_file())
+
+
+__all__ = ["Predictor", "file_sha256", "list_shipped", "model_paths", "shipped_model"]

@@ -1,0 +1,41 @@
+"""The prepared GPU check, dry run: every step and the summary through the Triton interpreter on tiny shapes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytest.importorskip("skl2onnx", reason="the check trains a model: needs the [train] extra")
+
+
+@pytest.mark.timeout(400)
+def test_gpu_check_dry_run(tmp_path):
+    env = dict(os.environ, TRITON_INTERPRET="1", GPPERF_DISK_CACHE="0")
+    env.pop("OUT", None)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/gpu_check.py"), "--dry-run", "--out", str(tmp_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=390,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    steps = summary["steps"]
+    assert list(steps) == ["env", "tests", "tune", "predict", "e2e", "model"]
+    assert all(s["status"] == "ok" for s in steps.values()), {k: v.get("error") for k, v in steps.items()}
+    assert steps["tests"]["result"]["passed"] > 0 and steps["tests"]["result"]["failures"] == 0
+    assert steps["tune"]["result"]["rows_written"] > 0 and steps["tune"]["result"]["interpreted"]
+    held = steps["predict"]["result"]["held_out"]
+    assert held["n_shapes"] >= 1 and held["geomean_regret"] >= 1.0
+    assert steps["e2e"]["result"]["shapes"] >= 1
+    for name in ("summary.md", "tune.csv", "e2e.csv", "tests.xml", "model.onnx", "model.json"):
+        assert (tmp_path / name).is_file(), name
+    assert len(list(tmp_path.iterdir())) <= 8, "a device call brings back at most 8 files"
+    md = (tmp_path / "summary.md").read_text()
+    assert "| tune | ok |" in md and "held-out" in md
+    assert md.strip() in proc.stdout, "the summary table is printed last"

@@ -1,0 +1,128 @@
+"""predictor.py: load + verify (checksum, schema, missing files), predict, shipped models, no sklearn."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpperf_torch import train
+from gpperf_torch.device import KNOWN_DEVICES
+from gpperf_torch.features import FEATURE_SCHEMA_VERSION
+from gpperf_torch.kernels.configs import TileConfig
+from gpperf_torch.predictor import Predictor, list_shipped, shipped_model
+
+# The synthetic data set lives with the training tests.
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train import SMALL, synthetic_table  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("model") / "m"
+    model = train.fit(synthetic_table(n_shapes=30), seed=0, **SMALL)
+    train.export(model, out, {"provenance": "test_predictor synthetic"})
+    return out
+
+
+def test_load_and_predict(model_dir):
+    p = Predictor.load(model_dir)
+    assert p.targets == ("time_ms", "power_w", "energy_j")
+    assert p.candidates[-1] is None and all(isinstance(c, TileConfig) for c in p.candidates[:-1])
+    assert p.device == KNOWN_DEVICES["h100"] and len(p.model_hash) == 64
+    assert p.meta["provenance"] == "test_predictor synthetic"
+    out = p.predict(4096, 4096, 4096, "float16", False, False)
+    assert set(out) == set(p.targets)
+    assert all(v.shape == (len(p.candidates),) and np.all(v > 0) for v in out.values())
+    cfgs = [TileConfig(64, 64, 32), None]
+    assert p.predict(16, 4096, 4096, "bfloat16", 0, 1, cfgs=cfgs)["time_ms"].shape == (2,)
+    # also by file name, and the ONNX carries the facts in its metadata
+    import onnx
+
+    props = {e.key: e.value for e in onnx.load(model_dir / "model.onnx").metadata_props}
+    assert props["gpperf.feature_schema_version"] == str(FEATURE_SCHEMA_VERSION)
+    assert props["gpperf.targets"] == "time_ms,power_w,energy_j"
+
+
+def test_stem_paths(model_dir, tmp_path):
+    (tmp_path / "x.onnx").write_bytes((model_dir / "model.onnx").read_bytes())
+    (tmp_path / "x.json").write_text((model_dir / "model.json").read_text())
+    for path in (tmp_path / "x", tmp_path / "x.onnx", tmp_path / "x.json"):
+        assert Predictor.load(path).model_hash == Predictor.load(model_dir).model_hash
+
+
+def _copy(model_dir, tmp_path):
+    d = tmp_path / "copy"
+    d.mkdir()
+    for name in ("model.onnx", "model.json"):
+        (d / name).write_bytes((model_dir / name).read_bytes())
+    return d
+
+
+def test_rejects_tampered_onnx(model_dir, tmp_path):
+    d = _copy(model_dir, tmp_path)
+    data = bytearray((d / "model.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (d / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256"):
+        Predictor.load(d)
+
+
+def test_rejects_wrong_schema(model_dir, tmp_path):
+    d = _copy(model_dir, tmp_path)
+    meta = json.loads((d / "model.json").read_text())
+    meta["feature_schema_version"] = FEATURE_SCHEMA_VERSION + 1
+    (d / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="feature schema"):
+        Predictor.load(d)
+    meta["feature_schema_version"] = FEATURE_SCHEMA_VERSION
+    meta["feature_names"] = meta["feature_names"][:-1]
+    (d / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="feature schema"):
+        Predictor.load(d)
+
+
+def test_rejects_missing_files(model_dir, tmp_path):
+    d = _copy(model_dir, tmp_path)
+    (d / "model.json").unlink()
+    with pytest.raises(ValueError, match="not found"):
+        Predictor.load(d)
+    with pytest.raises(ValueError, match="not found"):
+        Predictor.load(tmp_path / "nothing_here")
+
+
+def test_predict_features_checks_width(model_dir):
+    p = Predictor.load(model_dir)
+    with pytest.raises(ValueError, match="float32 rows"):
+        p.predict_features(np.zeros((3, 5), dtype=np.float32))
+
+
+@pytest.mark.parametrize("name", ["h100", "a100"])
+def test_shipped_models(name):
+    assert name in list_shipped(), f"gpperf_torch/data/{name}.onnx missing: run benchmarks/train_shipped.py"
+    path = shipped_model(name)
+    Predictor.load(path)  # warm the import of onnxruntime
+    t0 = time.perf_counter()
+    p = Predictor.load(path)
+    load_s = time.perf_counter() - t0
+    assert load_s < 0.5, f"{name} loads in {load_s:.2f} s"
+    assert path.stat().st_size < 16 * 2**20
+    assert p.device.short_name == name
+    assert "held_out" in p.meta["metrics"] and p.meta["provenance"]
+    cfgs = p.candidates[:30]
+    t = p.predict(4096, 4096, 4096, "float16", False, False, cfgs=cfgs)["time_ms"]
+    assert t.shape == (len(cfgs),) and np.all(np.isfinite(t) & (t > 0))
+    assert shipped_model("no_such_gpu") is None
+
+
+def test_runtime_imports_no_sklearn():
+    code = (
+        "import sys, gpperf_torch.predictor as p, gpperf_torch.features;"
+        "bad = [m for m in ('sklearn', 'skl2onnx') if m in sys.modules]; assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

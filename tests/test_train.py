@@ -1,0 +1,341 @@
+"""train.py: readers, grouped split, fit + ONNX export agreement, metrics on a synthetic set with a known
+answer, and the train/eval command line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpperf_torch import dataset, train
+from gpperf_torch.cli import main as cli_main
+from gpperf_torch.features import table_features
+from gpperf_torch.kernels.configs import TileConfig
+
+PUBLIC_DATA = Path(
+    os.environ.get("GPPERF_PUBLIC_DATA", Path(__file__).resolve().parents[2] / "shared/data/autoheuristic_mm")
+)
+needs_public = pytest.mark.skipif(
+    not (PUBLIC_DATA / "h100_mm.csv").is_file(),
+    reason=f"public data not found at {PUBLIC_DATA} (set GPPERF_PUBLIC_DATA to its directory)",
+)
+SMALL = {"n_estimators": 8, "max_leaf_nodes": 200}
+
+CONFIGS = [
+    TileConfig(128, 128, 32, num_warps=8, num_stages=3),
+    TileConfig(64, 64, 32),
+    TileConfig(32, 64, 64, num_warps=4, num_stages=4),
+    TileConfig(16, 32, 128, split_k=4, num_warps=2, num_stages=2),
+]
+
+
+def synthetic_rows(n_shapes: int = 40, seed: int = 0, energy: bool = True) -> list[dict]:
+    """Groups where the right answer is known: big shapes -> the 128x128 tile, skinny ones -> split-K.
+
+    time = size term x a per-config factor that depends only on the regime, plus torch at 1.1x the best.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n_shapes):
+        skinny = rng.random() < 0.5
+        m = int(rng.integers(1, 16)) if skinny else int(2 ** rng.uniform(11, 13))
+        n, k = int(2 ** rng.uniform(10, 13)), int(2 ** rng.uniform(10, 13))
+        dt = str(rng.choice(["float16", "bfloat16", "float32"]))
+        base = 1e-6 * m * n * k / 1e3 + 0.01
+        factors = [1.6, 1.3, 1.2, 1.0] if skinny else [1.0, 1.25, 1.5, 2.5]
+        for cfg, f in zip(CONFIGS, factors, strict=True):
+            t = base * f
+            rows.append(_row(m, n, k, dt, cfg, t, energy))
+        rows.append(_row(m, n, k, dt, None, base * 1.1, energy))
+    return rows
+
+
+def _row(m, n, k, dt, cfg, t, energy):
+    fields = dict.fromkeys(dataset.CONFIG_FIELDS, 0) if cfg is None else cfg.as_dict()
+    return dict(
+        gpu="NVIDIA H100 80GB HBM3", m=m, n=n, k=k, dtype=dt, a_trans=0, b_trans=0, tf32=0,
+        backend="torch" if cfg is None else "triton", config="" if cfg is None else cfg.key, status="ok",
+        time_ms=t, power_w=300.0 + 100 * (cfg is None) if energy else math.nan,
+        energy_j=t * 1e-3 * (300.0 + 100 * (cfg is None)) if energy else math.nan, interpreted=0, **fields,
+    )  # fmt: skip
+
+
+def synthetic_table(**kw) -> dataset.Table:
+    return dataset.from_rows(synthetic_rows(**kw))
+
+
+def write_tuning_csv(path: Path, rows: list[dict]) -> None:
+    """Rows in our tuning CSV format (dataset.COLUMNS), as tune.py writes them."""
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=dataset.COLUMNS)
+        w.writeheader()
+        for r in rows:
+            out = dict.fromkeys(dataset.COLUMNS, "")
+            out.update({k: v for k, v in r.items() if k in dataset.COLUMNS})
+            if r["backend"] == "torch":
+                for c in dataset.CONFIG_FIELDS:
+                    out[c] = ""
+            for c in ("power_w", "energy_j"):
+                out[c] = "" if isinstance(r[c], float) and math.isnan(r[c]) else r[c]
+            out["interpreted"] = r.get("interpreted", 0)
+            w.writerow(out)
+
+
+# ---- readers ------------------------------------------------------------------------------------------
+def test_read_our_csv(tmp_path):
+    rows = synthetic_rows(n_shapes=3)
+    rows[1] = {**rows[1], "status": "compile_error", "time_ms": math.nan}
+    rows[2] = {**rows[2], "interpreted": 1}
+    path = tmp_path / "tune.csv"
+    write_tuning_csv(path, rows)
+    t = dataset.load_table(path)
+    assert len(t) == len(rows) - 1  # the interpreted row is dropped by default
+    assert len(dataset.load_table(path, include_interpreted=True)) == len(rows)
+    assert t["status"][1] == "compile_error" and math.isinf(t["time_ms"][1]) and not t.ok[1]
+    assert t.n_groups == 3 and t.group_key[0] == ("NVIDIA H100 80GB HBM3", rows[0]["m"], rows[0]["n"],
+                                                  rows[0]["k"], rows[0]["dtype"], 0, 0, 0)  # fmt: skip
+    assert set(t["backend"].tolist()) == {"triton", "torch"}
+    assert t.has_target("energy_j")
+
+
+def test_unknown_header(tmp_path):
+    p = tmp_path / "x.csv"
+    p.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="unrecognised CSV header"):
+        dataset.load_table(p)
+
+
+@needs_public
+def test_read_public_format():
+    t = dataset.load_table(PUBLIC_DATA / "h100_mm.csv")
+    assert t.n_groups > 100
+    tri = t["backend"] == "triton"
+    assert set(t["group_m"][tri].tolist()) == {8} and set(t["split_k"][tri].tolist()) == {1}
+    assert set(t["backend"].tolist()) == {"triton", "torch"}
+    assert np.isnan(t["energy_j"]).all() and not t.has_target("energy_j")
+    assert (~t.ok).sum() > 0 and np.isinf(t["time_ms"][~t.ok]).all()  # "inf" = failed config
+
+
+# ---- split, fit, export -----------------------------------------------------------------------------
+def test_grouped_split_keeps_groups_whole():
+    t = synthetic_table(n_shapes=50)
+    tr, te = train.grouped_split(t, test_frac=0.3, seed=1)
+    assert not (tr & te).any() and (tr | te).all()
+    assert not set(t.group_id[tr].tolist()) & set(t.group_id[te].tolist())
+    assert len(set(t.group_id[te].tolist())) == 15
+    tr2, _ = train.grouped_split(t, test_frac=0.3, seed=1)
+    np.testing.assert_array_equal(tr, tr2)  # seeded
+    with pytest.raises(ValueError, match="test_frac"):
+        train.grouped_split(t, test_frac=1.5)
+
+
+def test_metrics_on_known_answer():
+    t = synthetic_table(n_shapes=80)
+    tr, te = train.grouped_split(t, seed=0)
+    model = train.fit(t, rows=tr, seed=0, **SMALL)
+    assert model.targets == ("time_ms", "power_w", "energy_j")
+    assert "torch" in model.candidates and len(model.candidates) == 5
+    m = train.evaluate(model, t.subset(te))
+    assert m["n_shapes"] == 24
+    assert m["geomean_regret"] < 1.02 and m["top1_agreement"] > 0.9
+    assert m["within_5pct"] > 0.9 and m["r2_log_time"] > 0.95
+    # the static config is right in only about half of the groups: its regret is much worse
+    assert m["baseline_best_static_regret"] > 1.2
+    # torch is 1.1x the best: picking the best triton config instead gives ~1.1x
+    assert m["speedup_vs_extern_geomean"] == pytest.approx(1.1, abs=0.02)
+
+
+def test_onnx_matches_sklearn(tmp_path):
+    from gpperf_torch.predictor import Predictor
+
+    t = synthetic_table(n_shapes=30)
+    model = train.fit(t, seed=0, **SMALL)
+    train.export(model, tmp_path / "m", {"provenance": "test"})
+    p = Predictor.load(tmp_path / "m")
+    X = table_features(t)
+    np.testing.assert_allclose(np.log(p.predict_features(X)), model.log_predict(X), atol=1e-4)
+    assert p.targets == model.targets
+
+
+def test_time_only_when_no_energy(tmp_path):
+    t = synthetic_table(n_shapes=12, energy=False)
+    model = train.fit(t, seed=0, **SMALL)
+    assert model.targets == ("time_ms",)
+
+
+# ---- the command line ---------------------------------------------------------------------------------
+def test_cli_train_and_eval_json(tmp_path, capsys):
+    csv_path = tmp_path / "tune.csv"
+    write_tuning_csv(csv_path, synthetic_rows(n_shapes=30))
+    out = tmp_path / "model"
+    assert cli_main(["train", "--data", str(csv_path), "--out", str(out), "--n-estimators", "8"]) == 0
+    assert (out / "model.onnx").is_file() and (out / "model.json").is_file()
+    meta = json.loads((out / "model.json").read_text())
+    assert "geomean_regret" in meta["metrics"]["held_out"]
+    capsys.readouterr()
+    assert cli_main(["eval", "--model", str(out), "--data", str(csv_path), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    for key in ("n_shapes", "geomean_regret", "p90_regret", "max_regret", "within_5pct", "top1_agreement",
+                "r2_log_time", "mape_time", "baseline_best_static_regret", "speedup_vs_extern_geomean"):  # fmt: skip
+        assert key in res, key
+    assert res["n_shapes"] == 30
+    assert cli_main(["eval", "--model", str(out), "--data", str(csv_path)]) == 0
+    assert "geomean_regret" in capsys.readouterr().out
+
+
+def test_cli_report(tmp_path):
+    csv_path = tmp_path / "tune.csv"
+    write_tuning_csv(csv_path, synthetic_rows(n_shapes=12))
+    out = tmp_path / "model"
+    assert cli_main(["train", "--data", str(csv_path), "--out", str(out), "--n-estimators", "4", "--all"]) == 0
+    assert cli_main(["report", "--model", str(out), "--data", str(csv_path), "--out", str(tmp_path / "r")]) == 0
+    assert {p.name for p in (tmp_path / "r").glob("*.png")} == {
+        "predicted_vs_measured.png", "regret_cdf.png", "regret_by_size.png"}  # fmt: skip
+    from gpperf_torch.predictor import Predictor
+    from gpperf_torch.report import pareto_plot
+
+    p = Predictor.load(out)
+    png = pareto_plot(p, 4096, 4096, 4096, "float16", chosen={"time": CONFIGS[0]}, out=tmp_path / "p.png")
+    assert png.is_file()
+
+
+@needs_public
+def test_public_h100_small_forest():
+    """A small forest on the public H100 data already beats the best static config on held-out groups."""
+    t = dataset.load_table(PUBLIC_DATA / "h100_mm.csv")
+    tr, te = train.grouped_split(t, seed=0)
+    model = train.fit(t, rows=tr, seed=0, n_estimators=16, max_leaf_nodes=800)
+    m = train.evaluate(model, t.subset(te))
+    assert m["r2_log_time"] > 0.95
+    assert m["geomean_regret"] < m["baseline_best_static_regret"]
+
+
+# ---- energy on a subset of rows, several GPUs, unknown GPUs --------------------------------------------
+# Per-config power: the big tile draws the most, the split-K one the least, torch in between.
+POWER = {CONFIGS[0].key: 420.0, CONFIGS[1].key: 330.0, CONFIGS[2].key: 300.0, CONFIGS[3].key: 220.0, "torch": 380.0}
+
+
+def partial_energy_rows(n_shapes: int = 60, fraction: float = 0.35, seed: int = 0, gpu: str | None = None):
+    """synthetic_rows with per-config power, and power/energy kept on a random `fraction` of the rows only (as
+    `tune --energy-fraction` measures them); energy_j = power x time plus a small per-launch gap."""
+    rng = np.random.default_rng(seed + 100)
+    rows = []
+    for r in synthetic_rows(n_shapes=n_shapes, seed=seed, energy=False):
+        key = r["config"] or "torch"
+        measured = rng.random() < fraction
+        power = POWER[key] * (1 + 0.02 * rng.standard_normal())
+        rows.append({
+            **r, **({"gpu": gpu} if gpu else {}),
+            "power_w": power if measured else math.nan,
+            "energy_j": power * (r["time_ms"] + 0.002) * 1e-3 if measured else math.nan,
+        })  # fmt: skip
+    return rows
+
+
+def test_energy_on_a_subset_of_rows(tmp_path):
+    from gpperf_torch.predictor import Predictor
+
+    t = dataset.from_rows(partial_energy_rows())
+    has_e = np.isfinite(t["energy_j"])
+    assert 0.25 < has_e.mean() < 0.45 and not t.has_target("energy_j")  # not on every row
+    tr, te = train.grouped_split(t, seed=0)
+    model = train.fit(t, rows=tr, seed=0, **SMALL)
+    assert model.targets == ("time_ms", "power_w", "energy_j") and model.energy is not None
+    assert model.params["n_energy_rows"] == int((has_e & tr).sum())
+    train.export(model, tmp_path / "m", {"provenance": "partial energy"})
+    p = Predictor.load(tmp_path / "m")
+    assert p.targets == ("time_ms", "power_w", "energy_j")
+    X = table_features(t)
+    np.testing.assert_allclose(np.log(p.predict_features(X)), model.log_predict(X), atol=1e-4)
+    # power follows the config: ranked as measured, on a shape none of the training rows has
+    cfgs = [*CONFIGS, None]
+    out = p.predict(3000, 2000, 1500, "float16", False, False, cfgs=cfgs)
+    power = dict(zip([c.key if c else "torch" for c in cfgs], out["power_w"], strict=True))
+    assert sorted(power, key=power.get) == sorted(POWER, key=POWER.get)
+    assert all(abs(power[k] / POWER[k] - 1) < 0.1 for k in POWER)
+    # energy = power x time: the config with the lowest energy is predicted lowest
+    np.testing.assert_allclose(out["energy_j"], out["power_w"] * out["time_ms"] * 1e-3, rtol=0.15)
+    # held-out metrics include energy, over the rows and groups that have it
+    m = train.evaluate(p, t.subset(te))
+    assert m["r2_log_energy"] > 0.9 and m["mape_power"] < 0.1 and m["mape_energy"] < 0.2
+    assert m["n_shapes_energy"] > 0 and 1.0 <= m["energy_geomean_regret"] < 1.1
+    assert m["geomean_regret"] < 1.05  # time is trained on all ok rows
+
+
+def test_energy_needs_enough_rows(caplog):
+    rows = partial_energy_rows(n_shapes=30, fraction=0.04)
+    t = dataset.from_rows(rows)
+    assert 0 < np.isfinite(t["energy_j"]).sum() < train.MIN_ENERGY_ROWS
+    with caplog.at_level("WARNING", logger="gpperf_torch.train"):
+        model = train.fit(t, seed=0, **SMALL)
+    assert model.targets == ("time_ms",) and model.energy is None
+    assert "predicts time only" in caplog.text
+    with pytest.raises(ValueError, match="targets must be"):
+        train.fit(t, seed=0, targets=("time_ms", "energy_j"), **SMALL)
+
+
+def test_target_gpu_trains_on_several_gpus(tmp_path):
+    h100 = synthetic_rows(n_shapes=20, seed=1)
+    a100 = [{**r, "gpu": "NVIDIA A100-SXM4-80GB"} for r in synthetic_rows(n_shapes=30, seed=2)]
+    extra = TileConfig(256, 64, 32, num_warps=8, num_stages=3)  # measured on the A100 only
+    a100 += [{**r, **extra.as_dict(), "config": extra.key} for r in a100 if r["config"] == CONFIGS[0].key]
+    t = dataset.from_rows(h100 + a100)
+    model = train.fit(t, seed=0, target_gpu="h100", **SMALL)
+    assert model.device.short_name == "h100" and extra.key not in model.candidates
+    assert model.params["train_gpus"] == ["NVIDIA A100-SXM4-80GB", "NVIDIA H100 80GB HBM3"]
+    assert model.n_rows == len(t)  # the A100 rows train too
+    # the split holds out only target-GPU groups, the same ones as a split of the target's data alone
+    tr, te = train.split_for_target(t, seed=0, target_gpu="h100")
+    h_only = dataset.from_rows(h100)
+    _, te_h = train.grouped_split(h_only, seed=0)
+    held_out = {k for k, x in zip(t.group_key, te, strict=True) if x}
+    assert held_out == {k for k, x in zip(h_only.group_key, te_h, strict=True) if x}
+    assert tr[len(h100) :].all()
+    with pytest.raises(ValueError, match="no rows of GPU"):
+        train.fit(t, target_gpu="l4", **SMALL)
+    csv_h, csv_a = tmp_path / "h.csv", tmp_path / "a.csv"
+    write_tuning_csv(csv_h, h100)
+    write_tuning_csv(csv_a, a100)
+    out = tmp_path / "model"
+    args = ["train", "--data", str(csv_h), str(csv_a), "--out", str(out), "--n-estimators", "4", "--target-gpu", "h100"]
+    assert cli_main(args) == 0
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["device"]["short_name"] == "h100" and meta["split"]["target_gpu"] == "h100"
+    assert meta["metrics"]["held_out"]["n_shapes"] == 6
+
+
+A6000_FIELDS = dict(
+    capability="8.6", sm_count=84, max_shared_memory=101376, l2_bytes=6 * 2**20, sm_clock_max_mhz=2100,
+    mem_clock_max_mhz=8001, mem_bandwidth_gbs=768.0, power_limit_w=300.0,
+)  # fmt: skip
+
+
+def test_unknown_gpu_trains_from_row_fields(tmp_path):
+    from gpperf_torch.device import descriptor_from_fields
+    from gpperf_torch.predictor import Predictor
+
+    name = "NVIDIA RTX A6000"
+    rows = [{**r, "gpu": name, **A6000_FIELDS} for r in synthetic_rows(n_shapes=20)]
+    path = tmp_path / "a6000.csv"
+    write_tuning_csv(path, rows)
+    t = dataset.load_table(path)
+    assert t.device_fields(name)["sm_count"] == 84
+    X = table_features(t)
+    from gpperf_torch.features import feature_index
+
+    assert X[0, feature_index("dev_sm_count")] == 84 and X[0, feature_index("dev_mem_bw_gbs")] == 768
+    out = tmp_path / "model"
+    assert cli_main(["train", "--data", str(path), "--out", str(out), "--n-estimators", "4"]) == 0
+    p = Predictor.load(out)
+    assert p.device == descriptor_from_fields(name, A6000_FIELDS)
+    assert p.device.capability == (8, 6) and p.device.short_name == "rtx_a6000" and p.device.sm_clock_mhz == 2100
+    # rows without the fields: a clear error that names them
+    bare = tmp_path / "bare.csv"
+    write_tuning_csv(bare, [{**r, "gpu": name} for r in synthetic_rows(n_shapes=3)])
+    with pytest.raises(ValueError, match="lack the device fields"):
+        table_features(dataset.load_table(bare))
