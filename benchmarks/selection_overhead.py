@@ -104,9 +104,18 @@ def op_overhead(repeats: int) -> tuple[float, float, str]:
             ts.append((time.perf_counter() - t0) / 50)
         return statistics.median(ts)
 
-    op = host(lambda: torch.ops.gpperf.mm(a, b, None, None))
     direct = host(lambda: torch.matmul(a, b))
-    return op - direct, op, "custom-op dispatch - torch.matmul (CPU, no interpreter: no kernel launch to compare)"
+    dispatch = host(lambda: torch.ops.gpperf.mm(a, b, None, None)) - direct
+    op = host(lambda: gp.matmul(a, b))
+    return (
+        op - direct,
+        op,
+        (
+            "gpperf_torch.matmul - torch.matmul on 8x8 (CPU without interpreter: no kernel to launch, so this is the "
+            f"front + checks + fast path); the custom op's own dispatch, used under autograd and torch.compile, adds "
+            f"{dispatch * 1e6:.1f} us"
+        ),
+    )
 
 
 def disk_load(info, n: int = 1000) -> float:

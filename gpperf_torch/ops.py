@@ -157,6 +157,8 @@ def matmul(a: Tensor, b: Tensor, *, config: TileConfig | str | None = None, obje
 
         parse_objective(objective)  # fail here, at the call, not deep inside the op
 
+    if a.dim() == 2 and b.dim() == 2:  # the common case, without reshapes
+        return _mm(a, b, key, objective)
     if a.dim() == 1 and b.dim() == 1:
         return _mm(a.unsqueeze(0), b.unsqueeze(1), key, objective).reshape(())
     a_vec, b_vec = a.dim() == 1, b.dim() == 1

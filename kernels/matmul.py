@@ -23,9 +23,13 @@ _TL_DTYPE = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float
 _INT32_MAX = 2**31 - 1
 
 
+# Triton decides at decoration (import) time whether a kernel is interpreted, so the answer is fixed here.
+_INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
 def interpreting() -> bool:
-    """True when Triton runs kernels through its CPU interpreter (TRITON_INTERPRET=1 at import time)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """True when Triton runs these kernels through its CPU interpreter (TRITON_INTERPRET=1 at import time)."""
+    return _INTERPRETING
 
 
 @triton.jit
