@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+
+from gpperf_torch.kernels import TileConfig
 
 # rtol covers rounding of the output to the dtype; atol covers fp32 accumulation, growing like sqrt(K)
 # for random inputs (TF32 on GPU rounds the inputs to 10 mantissa bits: same order as fp16).
@@ -32,3 +35,48 @@ def assert_close_to_reference(out: torch.Tensor, a: torch.Tensor, b: torch.Tenso
 def randn(*shape: int, dtype: torch.dtype, device: str, gen: torch.Generator | None = None) -> torch.Tensor:
     """Fresh random inputs (never zeros) made in float32 then rounded to dtype."""
     return torch.randn(*shape, generator=gen).to(dtype=dtype, device=device)
+
+
+# A synthetic tuning table with a known trade-off, for tests that need a small trained model: FAST is quickest at
+# the most power, FRUGAL 3% slower at much less power (so `energy` and `balanced` pick it), SLOW worse at both,
+# torch.matmul 20% slower than FAST. Small tiles, so the interpreter runs them quickly.
+FAST = TileConfig(32, 32, 32, num_warps=4, num_stages=3)
+FRUGAL = TileConfig(16, 32, 32, num_warps=2, num_stages=3)
+SLOW = TileConfig(16, 16, 64, num_warps=1, num_stages=2)
+POWER = {FAST.key: 400.0, FRUGAL.key: 250.0, SLOW.key: 300.0, "torch": 380.0}
+
+
+def synthetic_rows(with_energy: bool, n_shapes: int = 40, first: tuple = ()) -> list[dict]:
+    """Rows in `dataset.from_rows` form: n_shapes fp16 shapes (B transposed; `first` then seeded random ones)
+    x the four candidates."""
+    rng = np.random.default_rng(0)
+    shapes = list(first) + [
+        tuple(int(x) for x in np.exp(rng.uniform(np.log(64), np.log(4096), 3))) for _ in range(n_shapes - len(first))
+    ]
+    rows = []
+    for m, n, k in shapes:
+        flops_ms = 2 * m * n * k / 5e11
+        for key, factor in ((FAST.key, 1.0), (FRUGAL.key, 1.03), (SLOW.key, 1.5), ("torch", 1.2)):
+            t = flops_ms * factor + 0.002
+            cfg = TileConfig.from_key(key).as_dict() if key != "torch" else {}
+            row = {
+                "gpu": "NVIDIA H100 80GB HBM3",
+                "m": m,
+                "n": n,
+                "k": k,
+                "dtype": "float16",
+                "a_trans": 0,
+                "b_trans": 1,
+                "tf32": 0,
+                "backend": "torch" if key == "torch" else "triton",
+                "config": "" if key == "torch" else key,
+                "status": "ok",
+                "time_ms": t,
+                "source": "test",
+                **cfg,
+            }
+            if with_energy:
+                row["power_w"] = POWER[key]
+                row["energy_j"] = POWER[key] * t / 1e3
+            rows.append(row)
+    return rows

@@ -13,13 +13,13 @@ import re
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from gpperf_torch import dataset, selector
 from gpperf_torch.cli import main as cli_main
-from gpperf_torch.kernels import TileConfig
+
+from helpers import FAST, FRUGAL, SLOW, synthetic_rows
 
 pytest.importorskip("sklearn", reason="training a test model needs the [train] extra")
 from gpperf_torch import train  # noqa: E402
@@ -29,12 +29,6 @@ CUDA = torch.cuda.is_available()
 # Tiny sizes on any machine (the examples' GPU defaults are GPT-2-small-like); float32 keeps comparisons tight.
 TINY = ["--d-model", "32", "--heads", "2", "--dtype", "float32"]
 
-# A known trade-off (as in test_selector): FAST is quickest at the most power, FRUGAL 3% slower at much less,
-# SLOW worse at both; small tiles, so the interpreter runs them quickly.
-FAST = TileConfig(32, 32, 32, num_warps=4, num_stages=3)
-FRUGAL = TileConfig(16, 32, 32, num_warps=2, num_stages=3)
-SLOW = TileConfig(16, 16, 64, num_warps=1, num_stages=2)
-POWER = {FAST.key: 400.0, FRUGAL.key: 250.0, SLOW.key: 300.0, "torch": 380.0}
 PARETO_SHAPE = (1024, 512, 768)
 
 
@@ -47,46 +41,12 @@ def _load_example(name: str):
     return module
 
 
-def _synthetic_rows(with_energy: bool) -> list[dict]:
-    rng = np.random.default_rng(0)
-    shapes = [PARETO_SHAPE] + [
-        tuple(int(x) for x in np.exp(rng.uniform(np.log(64), np.log(4096), 3))) for _ in range(39)
-    ]
-    rows = []
-    for m, n, k in shapes:
-        flops_ms = 2 * m * n * k / 5e11
-        for key, factor in ((FAST.key, 1.0), (FRUGAL.key, 1.03), (SLOW.key, 1.5), ("torch", 1.2)):
-            t = flops_ms * factor + 0.002
-            cfg = TileConfig.from_key(key).as_dict() if key != "torch" else {}
-            row = {
-                "gpu": "NVIDIA H100 80GB HBM3",
-                "m": m,
-                "n": n,
-                "k": k,
-                "dtype": "float16",
-                "a_trans": 0,
-                "b_trans": 1,
-                "tf32": 0,
-                "backend": "torch" if key == "torch" else "triton",
-                "config": "" if key == "torch" else key,
-                "status": "ok",
-                "time_ms": t,
-                "source": "test",
-                **cfg,
-            }
-            if with_energy:
-                row["power_w"] = POWER[key]
-                row["energy_j"] = POWER[key] * t / 1e3
-            rows.append(row)
-    return rows
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """{"energy": dir, "time": dir, "csv": a tuning CSV (our format) of the energy rows}."""
     out = {}
     for name, energy in (("energy", True), ("time", False)):
-        rows = _synthetic_rows(energy)
+        rows = synthetic_rows(energy, first=(PARETO_SHAPE,))
         fitted = train.fit(dataset.from_rows(rows), seed=0, n_jobs=1, n_estimators=10)
         d = tmp_path_factory.mktemp(f"model_{name}")
         train.export(fitted, d, {"provenance": "synthetic test data"})
@@ -95,7 +55,7 @@ def models(tmp_path_factory):
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=dataset.COLUMNS, extrasaction="ignore")
         w.writeheader()
-        for r in _synthetic_rows(True):
+        for r in synthetic_rows(True, first=(PARETO_SHAPE,)):
             w.writerow({**r, "interpreted": 0})
     out["csv"] = path
     return out

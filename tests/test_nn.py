@@ -9,8 +9,9 @@ from torch import nn
 import gpperf_torch as gp
 from gpperf_torch import kernels
 
-pytestmark = pytest.mark.skipif(not kernels.interpreting() and not torch.cuda.is_available(),
-                                reason="needs the Triton interpreter or a GPU")
+pytestmark = pytest.mark.skipif(
+    not kernels.interpreting() and not torch.cuda.is_available(), reason="needs the Triton interpreter or a GPU"
+)
 
 
 def _mlp() -> nn.Module:

@@ -8,7 +8,6 @@ import math
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
@@ -17,54 +16,17 @@ from gpperf_torch import dataset, kernels, selector
 from gpperf_torch.cli import main as cli_main
 from gpperf_torch.kernels import TileConfig
 
+from helpers import FAST, FRUGAL, synthetic_rows
+
 pytest.importorskip("sklearn", reason="training a test model needs the [train] extra")
 from gpperf_torch import train  # noqa: E402
-
-# Two configs with a known trade-off: FAST is quickest but draws the most power; FRUGAL is 3% slower at much lower
-# power (so `energy` and `balanced` pick it); SLOW is worse at everything; torch wins only on tiny shapes.
-FAST = TileConfig(32, 32, 32, num_warps=4, num_stages=3)
-FRUGAL = TileConfig(16, 32, 32, num_warps=2, num_stages=3)
-SLOW = TileConfig(16, 16, 64, num_warps=1, num_stages=2)
-POWER = {FAST.key: 400.0, FRUGAL.key: 250.0, SLOW.key: 300.0, "torch": 380.0}
-
-
-def _synthetic_rows(with_energy: bool) -> list[dict]:
-    rng = np.random.default_rng(0)
-    rows = []
-    for _ in range(40):
-        m, n, k = (int(x) for x in np.exp(rng.uniform(np.log(64), np.log(4096), 3)))
-        flops_ms = 2 * m * n * k / 5e11
-        for key, factor in ((FAST.key, 1.0), (FRUGAL.key, 1.03), (SLOW.key, 1.5), ("torch", 1.2)):
-            t = flops_ms * factor + 0.002
-            cfg = TileConfig.from_key(key).as_dict() if key != "torch" else {}
-            row = {
-                "gpu": "NVIDIA H100 80GB HBM3",
-                "m": m,
-                "n": n,
-                "k": k,
-                "dtype": "float16",
-                "a_trans": 0,
-                "b_trans": 1,
-                "tf32": 0,
-                "backend": "torch" if key == "torch" else "triton",
-                "config": "" if key == "torch" else key,
-                "status": "ok",
-                "time_ms": t,
-                "source": "test",
-                **cfg,
-            }
-            if with_energy:
-                row["power_w"] = POWER[key]
-                row["energy_j"] = POWER[key] * t / 1e3
-            rows.append(row)
-    return rows
 
 
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
     out = {}
     for name, energy in (("energy", True), ("time", False)):
-        table = dataset.from_rows(_synthetic_rows(energy))
+        table = dataset.from_rows(synthetic_rows(energy))
         fitted = train.fit(table, seed=0, n_jobs=1, n_estimators=20)
         d = tmp_path_factory.mktemp(f"model_{name}")
         train.export(fitted, d, {"provenance": "synthetic test data"})
