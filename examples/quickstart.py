@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         ok &= good
         best, second = ranked[0], ranked[1] if len(ranked) > 1 else ranked[0]
         print(
-            f"{f'{m}x{n}x{k}':>18}  {best['config']:<28} {best['time_ms']:>9.4f} {second['config']:<28} "
+            f"{f'{m}x{n}x{k}':>18}  {best['config']:<28} {best['time_ms']:>9.4g} {second['config']:<28} "
             f"{err:>10.2e}  {'ok' if good else 'FAIL'}"
         )
     src = ranked[0]["model"]

@@ -107,6 +107,7 @@ class Fitted:
     n_groups: int
     params: dict = field(default_factory=dict)
     energy: object | None = None  # RandomForestRegressor: (log power_w, log energy_j/time_ms); None: time only
+    time_floor_ms: float | None = None  # the fastest measured training row (predictions are lifted to it)
 
     def log_predict(self, X: np.ndarray) -> np.ndarray:
         """(n, n_targets) natural-log predictions, the same values the exported graph computes."""
@@ -328,6 +329,7 @@ def fit(
         candidates=candidate_keys(table, tgt_usable),
         device=training_device(table.subset(tgt_usable)),
         static_ranking=rank_static_configs(table, target_rows),
+        time_floor_ms=float(np.min(table["time_ms"][tgt_usable])),
         n_rows=int(usable.sum()),
         n_groups=len(np.unique(table.group_id[rows])),
         params={
@@ -399,6 +401,7 @@ def export(model: Fitted, out: str | Path, meta: dict | None = None) -> tuple[Pa
         "candidates": model.candidates,
         "device": model.device.as_dict(),
         "baseline_static_ranking": model.static_ranking,
+        "time_floor_ms": model.time_floor_ms,
         "forest": {
             **model.params,
             "n_nodes": model.n_nodes,

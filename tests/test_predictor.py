@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpperf_torch import train
+from gpperf_torch import dataset, train
 from gpperf_torch.device import KNOWN_DEVICES
-from gpperf_torch.features import FEATURE_SCHEMA_VERSION
+from gpperf_torch.features import FEATURE_SCHEMA_VERSION, config_matrix, shape_features
 from gpperf_torch.kernels.configs import TileConfig
 from gpperf_torch.predictor import Predictor, list_shipped, shipped_model
+
+from helpers import synthetic_rows
 
 # The synthetic data set lives with the training tests.
 sys.path.insert(0, str(Path(__file__).parent))
@@ -126,3 +128,17 @@ def test_runtime_imports_no_sklearn():
         "bad = [m for m in ('sklearn', 'skl2onnx') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_tiny_shapes_are_lifted_to_the_time_floor_keeping_the_ranking(tmp_path):
+    fitted = train.fit(dataset.from_rows(synthetic_rows(True)), seed=0, n_jobs=1, n_estimators=10)
+    train.export(fitted, tmp_path, {"provenance": "test"})
+    p = Predictor.load(tmp_path)
+    floor = p.meta["time_floor_ms"]
+    assert floor == pytest.approx(min(r["time_ms"] for r in synthetic_rows(True)))
+    raw = p.predict_features(shape_features(2, 2, 2, "float16", 0, 1, 0, config_matrix(p.candidates), p.device))
+    lifted = p.predict(2, 2, 2, "float16", 0, 1)
+    assert lifted["time_ms"].min() >= floor * (1 - 1e-9)
+    assert list(lifted["time_ms"].argsort()) == list(raw[:, 0].argsort())
+    ratio = lifted["energy_j"] / raw[:, 2]
+    assert ratio == pytest.approx(ratio[0])  # energies scaled alike: the energy ranking is unchanged
