@@ -243,8 +243,7 @@ def _default_device() -> torch.device:
 
 # ---- the hot path -------------------------------------------------------------------------------------
 _DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
-# torch.backends.cuda.matmul.allow_tf32 goes through a property (~1.5 us); the getter it wraps is ~0.1 us.
-_allow_tf32 = getattr(torch._C, "_get_cublas_allow_tf32", None) or (lambda: torch.backends.cuda.matmul.allow_tf32)
+_allow_tf32 = kernels.tf32_allowed
 _env: dict[str, str] = {}
 
 

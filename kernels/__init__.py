@@ -11,7 +11,7 @@ from .configs import (
     elem_size,
     is_valid,
 )
-from .matmul import check_inputs, interpreting, launch
+from .matmul import check_inputs, interpreting, launch, tf32_allowed
 
 __all__ = [
     "CANDIDATE_GRID",
@@ -26,4 +26,5 @@ __all__ = [
     "interpreting",
     "is_valid",
     "launch",
+    "tf32_allowed",
 ]
