@@ -151,3 +151,31 @@ def test_forced_config_must_be_valid():
         gp.matmul(a, b, config="big")
     with pytest.raises(ValueError, match="unknown objective"):
         gp.matmul(a, b, objective="fastest")
+
+
+@pytest.mark.cuda
+def test_cuda_graph_capture_with_cached_and_new_shapes():
+    """Selection launches no GPU work in predict mode: inside a capture a shape may be cached or seen first."""
+    from gpperf_torch import selector
+
+    a = randn(256, 512, dtype=torch.float16, device="cuda")
+    b = randn(512, 384, dtype=torch.float16, device="cuda")
+    a_new = randn(48, 512, dtype=torch.float16, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up on a side stream, as torch's docs advise: kernels compiled
+        gp.matmul(a, b)
+        gp.matmul(a_new, b)
+    torch.cuda.current_stream().wait_stream(side)
+    selector.reset()
+    gp.matmul(a, b)  # cached again before the capture; a_new is first seen inside it
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = gp.matmul(a, b)
+        out_new = gp.matmul(a_new, b)
+    a.copy_(randn(256, 512, dtype=torch.float16, device="cuda"))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_close_to_reference(out, a, b)
+    assert_close_to_reference(out_new, a_new, b)
