@@ -309,6 +309,24 @@ def test_target_gpu_trains_on_several_gpus(tmp_path):
     assert meta["metrics"]["held_out"]["n_shapes"] == 6
 
 
+def test_rank_forest_trains_on_the_target_gpu_only():
+    """With target_gpu the rank forest (what selection ranks by) learns from the target's rows alone: the same
+    forest as an H100-only fit, while the offset forest learns from every GPU; rank_other_gpus pools them."""
+    h100 = synthetic_rows(n_shapes=20, seed=1)
+    a100 = [{**r, "gpu": "NVIDIA A100-SXM4-80GB"} for r in synthetic_rows(n_shapes=30, seed=2)]
+    t, h_only = dataset.from_rows(h100 + a100), dataset.from_rows(h100)
+    model = train.fit(t, seed=0, target_gpu="h100", **SMALL)
+    alone = train.fit(h_only, seed=0, **SMALL)
+    X = table_features(t)
+    assert np.allclose(model.rel.predict(X), alone.rel.predict(X), rtol=0, atol=1e-12)
+    assert model.params["n_rel_rows"] == len(h_only) and model.params["rank_other_gpus"] is False
+    # the offset forest learns one row per group of every GPU (a bootstrap's weights sum to its row count)
+    assert model.offset.estimators_[0].tree_.weighted_n_node_samples[0] == t.n_groups == 50
+    pooled = train.fit(t, seed=0, target_gpu="h100", rank_other_gpus=True, **SMALL)
+    assert pooled.params["n_rel_rows"] == len(t)
+    assert not np.allclose(pooled.rel.predict(X), alone.rel.predict(X), rtol=0, atol=1e-6)
+
+
 A6000_FIELDS = dict(
     capability="8.6", sm_count=84, max_shared_memory=101376, l2_bytes=6 * 2**20, sm_clock_max_mhz=2100,
     mem_clock_max_mhz=8001, mem_bandwidth_gbs=768.0, power_limit_w=300.0,
