@@ -13,7 +13,9 @@ after every step, so whatever ran is on disk):
   5 e2e       held-out shapes: gpperf (predict / verify / exhaustive) vs torch.matmul vs the measured best vs
               triton.autotune over the same candidates (steady state and time to first result); objective
               energy vs time (joules and ms per GEMM)
-  6 model     a model retrained on all new data, written beside the results (ready for gpperf_torch/data/)
+  6 overhead  benchmarks/selection_overhead.py here: first-sight latency, cached path, host time per call of
+              gpperf_torch.matmul vs kernels.launch vs torch.matmul
+  7 model     a model retrained on all new data, written beside the results (ready for gpperf_torch/data/)
 Everything goes to --out (default $OUT, else results/<gpu>-<date>/): summary.json, summary.md, tune.csv,
 e2e.csv, tests.xml, model.onnx, model.json (and log.txt from gpu_check.sh): eight files at most.
 """
@@ -41,8 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 # Budgets (seconds) sized for a 7-minute run on an H100/H200 with 16 CPU cores; see benchmarks/README.md. The H200 run
 # of 2026-11-26 showed the tuning step is compile-bound (~1.5 rows/s with 28 configs x 2 dtypes over 20 shapes:
 # each new shape divisibility pattern compiles every config again), so it gets the largest share.
-GPU_BUDGETS = {"tests": 70, "tune": 200, "predict": 20, "e2e": 60, "model": 15}
-DRY_BUDGETS = {"tests": 90, "tune": 25, "predict": 30, "e2e": 40, "model": 20}
+GPU_BUDGETS = {"tests": 70, "tune": 190, "predict": 20, "e2e": 60, "overhead": 15, "model": 15}
+DRY_BUDGETS = {"tests": 90, "tune": 25, "predict": 30, "e2e": 40, "overhead": 20, "model": 20}
 GPU_TOTAL_S = 420
 # triton.autotune with its default benchmarking (25 ms warm-up + 100 ms per config) costs seconds per shape:
 # measured on the first few held-out shapes only.
@@ -249,9 +251,9 @@ def check_shapes(dry: bool, n_llm: int = 14, n_random: int = 16) -> list[tuple[i
     def up16(x: int) -> int:
         return max(16, (x + 15) // 16 * 16)
 
-    rand = [
-        (up16(m), up16(n), up16(k)) for m, n, k in random_shapes(80, seed=11, max_dim=16384) if m * n * k <= 2**37
-    ][:n_random]
+    rand = [(up16(m), up16(n), up16(k)) for m, n, k in random_shapes(80, seed=11, max_dim=16384) if m * n * k <= 2**37][
+        :n_random
+    ]
     return picked + rand
 
 
@@ -549,7 +551,21 @@ def step_e2e(c: Check) -> dict:
     return res
 
 
-# ---- 6 model ------------------------------------------------------------------------------------------
+# ---- 6 overhead -------------------------------------------------------------------------------------
+def step_overhead(c: Check) -> dict:
+    """benchmarks/selection_overhead.py on this machine: first sight, cached path, host time per call."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import selection_overhead
+    finally:
+        sys.path.pop(0)
+    from gpperf_torch import selector
+
+    selector.reset()  # the shipped model for this GPU, not the e2e step's split model
+    return selection_overhead.measure(repeats=60 if c.dry else 200)
+
+
+# ---- 7 model ------------------------------------------------------------------------------------------
 def step_model(c: Check) -> dict:
     import shutil
 
@@ -577,6 +593,7 @@ STEPS = {
     "tune": step_tune,
     "predict": step_predict,
     "e2e": step_e2e,
+    "overhead": step_overhead,
     "model": step_model,
 }
 STEP_ORDER = list(STEPS)
@@ -639,6 +656,13 @@ def summary_markdown(s: dict) -> str:
                 f"{_fmt(res.get('geomean_gpperf_over_autotune'))}, energy-obj J/time-obj J "
                 f"{_fmt(res.get('geomean_energy_obj_j_over_time_obj_j'))} at ms ratio "
                 f"{_fmt(res.get('geomean_energy_obj_ms_over_time_obj_ms'))}"
+            )
+        elif name == "overhead":
+            host = res.get("host_us_per_call", {})
+            txt = (
+                f"first sight 30 cands {_fmt((res.get('first_sight_30_ms') or [None])[0])} ms, cached choose "
+                f"{_fmt((res.get('cached_choose_us') or [None])[0], 1)} us; host us/call: "
+                + ", ".join(f"{k} {v:.1f}" for k, v in host.items())
             )
         elif name == "env":
             txt = (

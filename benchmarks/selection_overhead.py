@@ -5,8 +5,8 @@
 Rows:
   first sight, N candidates   scoring N candidates for a new shape (features + one onnxruntime call + ordering)
   cached choose()             the per-call path once a shape was seen (dictionary hit)
-  op call vs launcher         gpperf_torch.matmul host time minus kernels.launch host time (GPU), or on a CPU
-                              the custom op's dispatch vs torch.matmul on a tiny shape
+  host time per call          gpperf_torch.matmul vs kernels.launch vs torch.matmul (GPU, 64x64), or on a CPU
+                              gpperf_torch.matmul vs the custom op's dispatch vs torch.matmul (8x8)
   disk cache load             reading a selection cache of 1000 shapes
 Targets (2-core CPU): first sight < 2 ms for 30 candidates, cached path < 10 us.
 """
@@ -68,7 +68,28 @@ def cached_choose(repeats: int) -> tuple[float, float]:
     return _stats(times)
 
 
-def op_overhead(repeats: int) -> tuple[float, float, str]:
+def _host_us(fn, repeats: int, inner: int, sync=None) -> float:
+    """Median host time per call (us) over `repeats` batches of `inner` calls."""
+    for _ in range(inner):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        ts.append((time.perf_counter() - t0) / inner)
+        if sync is not None:
+            sync()
+    return statistics.median(ts) * 1e6
+
+
+def op_overhead(repeats: int) -> dict[str, float]:
+    """Host time per call (us) of gpperf_torch.matmul and what it is compared with, on a 64x64 GEMM.
+
+    GPU: gpperf_torch.matmul (cached selection + launch), kernels.launch with the same config, torch.matmul.
+    CPU without the interpreter there is no kernel to launch: gpperf_torch.matmul (front, checks, fast path to
+    torch.matmul), the custom op's own dispatch, torch.matmul.
+    """
     import gpperf_torch as gp
 
     if torch.cuda.is_available() and not kernels.interpreting():
@@ -76,46 +97,18 @@ def op_overhead(repeats: int) -> tuple[float, float, str]:
         b = torch.randn(64, 64, device="cuda", dtype=torch.float16)
         cfg = selector.choose(a, b, None, None) or kernels.DEFAULT_CONFIG
         out = torch.empty(64, 64, device="cuda", dtype=torch.float16)
-        gp.matmul(a, b)
-        kernels.launch(a, b, out, cfg)
-        torch.cuda.synchronize()
-
-        def host(fn):
-            ts = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                for _ in range(20):
-                    fn()
-                ts.append((time.perf_counter() - t0) / 20)
-                torch.cuda.synchronize()
-            return statistics.median(ts)
-
-        op = host(lambda: gp.matmul(a, b))
-        direct = host(lambda: kernels.launch(a, b, out, cfg))
-        return op - direct, op, "gpperf_torch.matmul - kernels.launch (host time per call, GPU)"
+        sync = torch.cuda.synchronize
+        return {
+            "gpperf_torch.matmul": _host_us(lambda: gp.matmul(a, b), repeats, 20, sync),
+            "kernels.launch": _host_us(lambda: kernels.launch(a, b, out, cfg), repeats, 20, sync),
+            "torch.matmul": _host_us(lambda: torch.matmul(a, b, out=out), repeats, 20, sync),
+        }
     a, b = torch.randn(8, 8), torch.randn(8, 8)
-
-    def host(fn):
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(50):
-                fn()
-            ts.append((time.perf_counter() - t0) / 50)
-        return statistics.median(ts)
-
-    direct = host(lambda: torch.matmul(a, b))
-    dispatch = host(lambda: torch.ops.gpperf.mm(a, b, None, None)) - direct
-    op = host(lambda: gp.matmul(a, b))
-    return (
-        op - direct,
-        op,
-        (
-            "gpperf_torch.matmul - torch.matmul on 8x8 (CPU without interpreter: no kernel to launch, so this is the "
-            f"front + checks + fast path); the custom op's own dispatch, used under autograd and torch.compile, adds "
-            f"{dispatch * 1e6:.1f} us"
-        ),
-    )
+    return {
+        "gpperf_torch.matmul": _host_us(lambda: gp.matmul(a, b), repeats, 50),
+        "custom-op dispatch": _host_us(lambda: torch.ops.gpperf.mm(a, b, None, None), repeats, 50),
+        "torch.matmul": _host_us(lambda: torch.matmul(a, b), repeats, 50),
+    }
 
 
 def disk_load(info, n: int = 1000) -> float:
@@ -137,32 +130,41 @@ def disk_load(info, n: int = 1000) -> float:
         return statistics.median(ts)
 
 
+def measure(gpu: str | None = None, repeats: int = 300) -> dict:
+    """All rows of the table as a dict (also used by the GPU check)."""
+    torch.set_num_threads(1)
+    info = device_for(gpu=gpu or (None if torch.cuda.is_available() else "h100"))
+    st = selector._State(info)
+    rng = np.random.default_rng(0)
+    first_sight(st, 30, 20, rng)  # warm onnxruntime
+    res: dict = {"device": info.name, "model": str(st.model.path) if st.model else "analytic rule"}
+    for n in (30, 300):
+        med, p99 = first_sight(st, n, repeats, rng)
+        res[f"first_sight_{n}_ms"] = (med * 1e3, p99 * 1e3)
+    med, p99 = cached_choose(repeats)
+    res["cached_choose_us"] = (med * 1e6, p99 * 1e6)
+    res["host_us_per_call"] = op_overhead(max(20, repeats // 10))
+    res["disk_cache_load_1000_ms"] = disk_load(info) * 1e3
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gpu", default=None, help="model of this GPU (default: the local GPU, else h100)")
     ap.add_argument("--repeats", type=int, default=300)
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    info = device_for(gpu=args.gpu or (None if torch.cuda.is_available() else "h100"))
-    st = selector._State(info)
-    rng = np.random.default_rng(0)
-    model = st.model.path if st.model else "analytic rule"
-    print(f"device {info.name}; model {model}; torch {torch.__version__}; host {os.cpu_count()} cores")
-    first_sight(st, 30, 20, rng)  # warm onnxruntime
-    rows = []
-    for n in (30, 300):
-        med, p99 = first_sight(st, n, args.repeats, rng)
-        rows.append((f"first sight, {n} candidates", med * 1e3, p99 * 1e3, "ms"))
-    med, p99 = cached_choose(args.repeats)
-    rows.append(("cached choose()", med * 1e6, p99 * 1e6, "us"))
-    over, op, what = op_overhead(max(20, args.repeats // 10))
-    rows.append(("op call vs launcher", over * 1e6, op * 1e6, "us (overhead | whole call)"))
-    rows.append(("disk cache load, 1000 shapes", disk_load(info) * 1e3, float("nan"), "ms"))
-    print(f"\n{'what':<32}{'median':>12}{'p99 / call':>12}  unit")
+    r = measure(args.gpu, args.repeats)
+    print(f"device {r['device']}; model {r['model']}; torch {torch.__version__}; host {os.cpu_count()} cores")
+    print(f"\n{'what':<44}{'median':>10}{'p99':>10}  unit")
     print("-" * 72)
-    for name, a, b, unit in rows:
-        print(f"{name:<32}{a:>12.3f}{b:>12.3f}  {unit}")
-    print(f"\n(op row: {what})")
+    for n in (30, 300):
+        med, p99 = r[f"first_sight_{n}_ms"]
+        print(f"{f'first sight, {n} candidates':<44}{med:>10.3f}{p99:>10.3f}  ms")
+    med, p99 = r["cached_choose_us"]
+    print(f"{'cached choose()':<44}{med:>10.3f}{p99:>10.3f}  us")
+    for name, us in r["host_us_per_call"].items():
+        print(f"{f'host time per call: {name}':<44}{us:>10.3f}{'':>10}  us")
+    print(f"{'disk cache load, 1000 shapes':<44}{r['disk_cache_load_1000_ms']:>10.3f}{'':>10}  ms")
     return 0
 
 

@@ -26,13 +26,14 @@ def test_gpu_check_dry_run(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     steps = summary["steps"]
-    assert list(steps) == ["env", "tests", "tune", "predict", "e2e", "model"]
+    assert list(steps) == ["env", "tests", "tune", "predict", "e2e", "overhead", "model"]
     assert all(s["status"] == "ok" for s in steps.values()), {k: v.get("error") for k, v in steps.items()}
     assert steps["tests"]["result"]["passed"] > 0 and steps["tests"]["result"]["failures"] == 0
     assert steps["tune"]["result"]["rows_written"] > 0 and steps["tune"]["result"]["interpreted"]
     held = steps["predict"]["result"]["held_out"]
     assert held["n_shapes"] >= 1 and held["geomean_regret"] >= 1.0
     assert steps["e2e"]["result"]["shapes"] >= 1
+    assert steps["overhead"]["result"]["first_sight_30_ms"][0] > 0
     for name in ("summary.md", "tune.csv", "e2e.csv", "tests.xml", "model.onnx", "model.json"):
         assert (tmp_path / name).is_file(), name
     assert len(list(tmp_path.iterdir())) <= 8, "a device call brings back at most 8 files"
