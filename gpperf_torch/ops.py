@@ -19,6 +19,22 @@ from .kernels import TileConfig
 logger = logging.getLogger(__name__)
 
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _triton_errors() -> tuple[type[BaseException], ...]:
+    """Triton's compile/resource errors (one base class in recent Triton, separate classes before)."""
+    try:
+        from triton.errors import TritonError
+
+        return (TritonError,)
+    except ImportError:
+        from triton.compiler.errors import CompilationError
+        from triton.runtime.errors import OutOfResources
+
+        return (CompilationError, OutOfResources)
+
+
+_TRITON_ERRORS = _triton_errors()
 # Callbacks (a, b) run on every GEMM the op computes; `gpperf_torch.nn.recording` adds one.
 observers: list = []
 
@@ -31,7 +47,17 @@ def _run(a: Tensor, b: Tensor, config: str | None, objective: str | None) -> Ten
     choice = selector.choose(a, b, cfg, objective)
     if choice is None:  # the model predicts torch.matmul (cuBLAS) is better for this objective
         return torch.matmul(a, b)
-    return kernels.launch(a, b, cfg=choice, max_shared_memory=selector.max_shared_memory(a.device))
+    try:
+        return kernels.launch(a, b, cfg=choice, max_shared_memory=selector.max_shared_memory(a.device))
+    except _TRITON_ERRORS as e:
+        shape = f"{tuple(a.shape)} @ {tuple(b.shape)} {a.dtype} on {a.device}"
+        if cfg is not None:
+            raise RuntimeError(f"the forced config {cfg.key} does not compile or launch for {shape}: {e}") from e
+        if a.device.type != "cuda":  # the interpreter: a kernel bug must fail loudly, never be papered over
+            raise
+        # A selected config this GPU cannot run (resources, compiler): torch.matmul for this shape from now on.
+        selector.replace_choice(a, b, objective, None, reason=f"{choice.key} failed for {shape}: {e}")
+        return torch.matmul(a, b)
 
 
 def _compute(a: Tensor, b: Tensor, config: str | None = None, objective: str | None = None) -> Tensor:

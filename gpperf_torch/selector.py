@@ -260,27 +260,42 @@ def reload_env() -> None:
 reload_env()
 
 
-def choose(a: torch.Tensor, b: torch.Tensor, forced: TileConfig | None, objective: str | None) -> TileConfig | None:
-    """The config for `a @ b` (None: use torch.matmul). Called by the op on every GEMM."""
-    if forced is not None:
-        return forced
-    st = _by_device.get(a.device) or _state(a.device)
-    obj = objective or _objective_var.get() or _env["objective"]
+def _key(a: torch.Tensor, b: torch.Tensor, objective: str | None) -> tuple:
+    """The selection key (DESIGN.md): M, N, K, batch, dtype, layout flags, TF32, objective."""
     *batch, m, k = a.shape
     n = b.shape[-1]
-    sa, sb = a.stride(-1), b.stride(-1)
     dtype = a.dtype
-    key = (
+    return (
         m,
         n,
         k,
         batch[0] if batch else 1,
         _DTYPE_NAMES[dtype],
-        k > 1 and sa != 1,
-        n > 1 and sb != 1,
+        k > 1 and a.stride(-1) != 1,
+        n > 1 and b.stride(-1) != 1,
         dtype is torch.float32 and _allow_tf32(),
-        obj,
+        objective or _objective_var.get() or _env["objective"],
     )
+
+
+def replace_choice(
+    a: torch.Tensor, b: torch.Tensor, objective: str | None, cfg: TileConfig | None, *, reason: str = ""
+) -> None:
+    """Remember `cfg` (None: torch.matmul) for this GEMM in every mode, e.g. after the chosen config failed."""
+    st = _state(a.device)
+    key = _key(a, b, objective)
+    for mkey in (key, *((*key, md) for md in MODES[1:])):
+        st.memory[mkey] = cfg
+    if reason:
+        _warn_once(f"replaced:{key}", "gpperf: %s; using %s for this shape", reason, cfg or "torch.matmul")
+
+
+def choose(a: torch.Tensor, b: torch.Tensor, forced: TileConfig | None, objective: str | None) -> TileConfig | None:
+    """The config for `a @ b` (None: use torch.matmul). Called by the op on every GEMM."""
+    if forced is not None:
+        return forced
+    st = _by_device.get(a.device) or _state(a.device)
+    key = _key(a, b, objective)
     md = _mode_var.get() or _env["mode"]
     mkey = key if md == "predict" else (*key, md)  # a verified choice is remembered apart from the predicted one
     try:

@@ -179,3 +179,36 @@ def test_cuda_graph_capture_with_cached_and_new_shapes():
     torch.cuda.synchronize()
     assert_close_to_reference(out, a, b)
     assert_close_to_reference(out_new, a_new, b)
+
+
+def _raise_out_of_resources(*args, **kwargs):
+    from triton.runtime.errors import OutOfResources
+
+    raise OutOfResources(300000, 232448, "shared memory")
+
+
+@pytest.mark.skipif(not kernels.interpreting(), reason="the CPU kernel runs Triton only under the interpreter")
+def test_triton_failure_is_loud_on_cpu_and_names_a_forced_config(monkeypatch):
+    from gpperf_torch import selector
+
+    a, b = torch.randn(8, 16), torch.randn(16, 8)
+    selector.replace_choice(a, b, None, SMALL)  # a Triton config is the choice, whatever the model says
+    monkeypatch.setattr(kernels, "launch", _raise_out_of_resources)
+    with pytest.raises(RuntimeError, match="forced config 16x32x32.*does not compile or launch"):
+        gp.matmul(a, b, config=SMALL)
+    with pytest.raises(Exception, match="shared memory"):  # interpreter: never papered over with torch.matmul
+        gp.matmul(a, b)
+
+
+@pytest.mark.cuda
+def test_selected_config_failing_on_the_gpu_falls_back_to_torch(monkeypatch, caplog):
+    from gpperf_torch import selector
+
+    a = randn(40, 72, dtype=torch.float16, device="cuda")
+    b = randn(72, 56, dtype=torch.float16, device="cuda")
+    selector.replace_choice(a, b, None, TileConfig(32, 32, 32))  # make sure a Triton config is chosen
+    monkeypatch.setattr(kernels, "launch", _raise_out_of_resources)
+    with caplog.at_level("WARNING"):
+        out = gp.matmul(a, b)
+    assert_close_to_reference(out, a, b)
+    assert "failed" in caplog.text and selector.choose(a, b, None, None) is None  # remembered: torch.matmul
