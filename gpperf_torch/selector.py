@@ -11,7 +11,6 @@ import contextlib
 import contextvars
 import json
 import logging
-import math
 import os
 import sys
 import threading
@@ -388,38 +387,54 @@ def _order(obj: Objective, preds: dict[str, np.ndarray], info: DeviceInfo) -> np
 
 
 # ---- the analytic fallback rule --------------------------------------------------------------------------
+# Parameters of the analytic rule; calibrated by benchmarks/calibrate_analytic.py on the public data (see there).
+ANALYTIC_PARAMS = {
+    "ref_tile": 128 * 128,  # tiles smaller than this leave tensor cores idle ...
+    "tile_exp": 0.5,  # ... with efficiency (tile / ref_tile) ** tile_exp
+    "warp_exp": 0.25,  # fewer than 4 warps: (warps / 4) ** warp_exp
+    "tile_overhead_s": 2e-6,  # fixed cost per tile (prologue, epilogue, scheduling)
+    "l2_factor": 4.0,  # operand traffic per SM served from L2 at this multiple of DRAM bandwidth
+    "stage_bonus": 0.01,  # deeper pipelines hide latency: 1% per stage (up to 4)
+}
+
+
+def analytic_estimate(m, n, k, elem_size, bm, bn, bk, sk, warps, stages, info: DeviceInfo, params=None):
+    """Vectorized roofline estimate (ms): waves of tiles x the slower of a tile's math and its operand traffic.
+
+    Arguments broadcast (numpy arrays over configs and/or problems). Captures what decides most choices: wave
+    quantization over the SMs, padding waste at the edges, per-tile arithmetic intensity (bigger tiles reuse
+    operands more) and split-K for long-K small-output shapes.
+    """
+    p = ANALYTIC_PARAMS if params is None else {**ANALYTIC_PARAMS, **params}
+    es = np.asarray(elem_size, dtype=np.float64)
+    # Peak dense rate per SM (FLOP/cycle): Hopper / Ampere tensor cores; fp32 (TF32 or not) at a quarter.
+    flop_per_cycle = (2048.0 if info.capability[0] >= 9 else 1024.0) * np.where(es == 4, 0.25, 1.0)
+    sm_rate = flop_per_cycle * info.sm_clock_mhz * 1e6
+    bw_per_sm = info.mem_bandwidth_gbs * 1e9 / info.sm_count * p["l2_factor"]
+    k_steps = np.ceil(k / bk)
+    ksplit = np.ceil(k_steps / sk) * bk
+    work_items = np.ceil(m / bm) * np.ceil(n / bn) * np.minimum(sk, k_steps)
+    waves = np.ceil(work_items / info.sm_count)
+    eff = np.minimum(1.0, bm * bn / p["ref_tile"]) ** p["tile_exp"] * np.minimum(1.0, warps / 4) ** p["warp_exp"]
+    math_s = 2.0 * bm * bn * ksplit / (sm_rate * np.maximum(eff, 0.05))
+    mem_s = (bm + bn) * ksplit * es / bw_per_sm
+    tile_s = np.maximum(math_s, mem_s) + p["tile_overhead_s"]
+    reduce_s = np.where(sk > 1, 2 * m * n * 4 * sk / (info.mem_bandwidth_gbs * 1e9) + 4e-6, 0.0)
+    return (waves * tile_s + reduce_s) * 1e3 * (1 - p["stage_bonus"] * np.minimum(stages, 4))
+
+
 def analytic_time_ms(
     m: int, n: int, k: int, dtype: str, cands: list[TileConfig | None], info: DeviceInfo
 ) -> np.ndarray:
-    """Roofline estimate per candidate: waves of tiles x the slower of a tile's math and its operand traffic.
-
-    Captures what decides most choices: wave quantization over the SMs, padding waste at the edges, per-tile
-    arithmetic intensity (bigger tiles reuse operands more) and split-K for long-K small-output shapes.
-    torch.matmul is not estimated (infinite): without a model there is nothing to compare cuBLAS with.
-    """
-    es = kernels.elem_size(dtype)
-    # Peak dense rate per SM per MHz (FLOP/cycle): Hopper/Ampere tensor cores; fp32 runs at a quarter.
-    flop_per_cycle = (2048.0 if info.capability[0] >= 9 else 1024.0) * (0.25 if es == 4 else 1.0)
-    sm_rate = flop_per_cycle * info.sm_clock_mhz * 1e6  # FLOP/s per SM
-    bw_per_sm = info.mem_bandwidth_gbs * 1e9 / info.sm_count * 4.0  # L2 hits: ~4x DRAM bandwidth per SM
+    """The analytic estimate per candidate. torch.matmul is not estimated (infinite): without a model there is
+    nothing to compare cuBLAS with."""
+    triton = [c for c in cands if c is not None]
     out = np.full(len(cands), np.inf)
-    for i, c in enumerate(cands):
-        if c is None:
-            continue
-        tiles = math.ceil(m / c.block_m) * math.ceil(n / c.block_n)
-        ksplit = math.ceil(math.ceil(k / c.block_k) / c.split_k) * c.block_k
-        work_items = tiles * min(c.split_k, math.ceil(k / c.block_k))
-        waves = math.ceil(work_items / info.sm_count)
-        # Small tiles leave tensor cores idle: efficiency grows with the tile's MMA size and warps in flight.
-        eff = min(1.0, (c.block_m * c.block_n) / (128 * 128)) ** 0.5 * min(1.0, c.num_warps / 4) ** 0.25
-        math_s = 2.0 * c.block_m * c.block_n * ksplit / (sm_rate * max(eff, 0.05))
-        mem_s = (c.block_m + c.block_n) * ksplit * es / bw_per_sm
-        tile_s = max(math_s, mem_s) + 2e-6  # + fixed per-tile cost (prologue, epilogue, scheduling)
-        extra = 0.0
-        if c.split_k > 1:
-            extra = 2 * m * n * 4 * c.split_k / (info.mem_bandwidth_gbs * 1e9) + 4e-6  # reduction pass
-        # Deeper pipelines hide latency on long K loops; a small nudge keeps ties stable.
-        out[i] = (waves * tile_s + extra) * 1e3 * (1 - 0.01 * min(c.num_stages, 4))
+    if triton:
+        c = np.array([(x.block_m, x.block_n, x.block_k, x.split_k, x.num_warps, x.num_stages) for x in triton],
+                     dtype=np.float64).T  # fmt: skip
+        est = analytic_estimate(m, n, k, kernels.elem_size(dtype), *c, info)
+        out[[i for i, x in enumerate(cands) if x is not None]] = est
     return out
 
 
