@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from . import ops
@@ -20,15 +21,16 @@ class Linear(nn.Linear):
     """
 
     def forward(self, input: Tensor) -> Tensor:
-        if input.dtype != self.weight.dtype:
-            # Same rule as F.linear: the caller casts (autocast does this for torch's own Linear).
+        autocast = input.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(input.device.type)
+        if input.dtype != self.weight.dtype and not autocast:
+            # Same rule as F.linear: the caller casts (or torch.autocast does, as for torch's own Linear).
             raise TypeError(
                 f"Linear got input {input.dtype} but weight is {self.weight.dtype}; cast one, e.g. "
-                f"input.to({self.weight.dtype}) or model.to({input.dtype})"
+                f"input.to({self.weight.dtype}) or model.to({input.dtype}), or run under torch.autocast"
             )
-        out = matmul(input, self.weight.t())
+        out = matmul(input, self.weight.t())  # under autocast: in the autocast dtype
         if self.bias is not None:
-            out = out + self.bias
+            out = out + self.bias.to(out.dtype)
         return out
 
 

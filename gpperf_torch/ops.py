@@ -158,6 +158,21 @@ def _check(a: Tensor, b: Tensor) -> None:
             raise ShapeError(f"batch dimensions do not broadcast: a{tuple(a.shape)} @ b{tuple(b.shape)}") from None
 
 
+def _autocast(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Under torch.autocast, floating inputs go to its dtype, as torch.matmul's do (the custom op itself is
+    unknown to autocast, and the eager fast path skips the dispatcher)."""
+    if isinstance(a, Tensor) and isinstance(b, Tensor) and a.device == b.device:
+        dev = a.device.type
+        if dev in ("cuda", "cpu") and torch.is_autocast_enabled(dev):
+            dt = torch.get_autocast_dtype(dev)
+            # torch's rule: floating tensors other than float64 are cast
+            if a.dtype.is_floating_point and a.dtype not in (dt, torch.float64):
+                a = a.to(dt)
+            if b.dtype.is_floating_point and b.dtype not in (dt, torch.float64):
+                b = b.to(dt)
+    return a, b
+
+
 def matmul(a: Tensor, b: Tensor, *, config: TileConfig | str | None = None, objective: str | None = None) -> Tensor:
     """`torch.matmul` semantics (1-D, 2-D, N-D broadcast) with per-shape tile selection.
 
@@ -165,6 +180,7 @@ def matmul(a: Tensor, b: Tensor, *, config: TileConfig | str | None = None, obje
     objective: "time" (default), "energy", "edp", "balanced", "power_cap:<watts>"; default from
     `gpperf_torch.objective(...)` or the GPPERF_OBJECTIVE environment variable.
     """
+    a, b = _autocast(a, b)
     _check(a, b)
     key: str | None = None
     if config is not None:

@@ -64,3 +64,18 @@ def test_record_shapes_forward_and_backward_without_changing_the_model():
     mnk = {(s.m, s.n, s.k) for s in shapes}
     # forward 5x32x24 and 5x8x32; backward dH = dY @ W2 (5x32x8), dW2^T = H^T @ dY (32x8x5), dW1^T (24x32x5)
     assert mnk == {(5, 32, 24), (5, 8, 32), (5, 32, 8), (32, 8, 5), (24, 32, 5)}
+
+
+def test_autocast_like_torch():
+    lin = gp.Linear(24, 16)
+    ref = nn.Linear(24, 16)
+    ref.load_state_dict(lin.state_dict())
+    x = torch.randn(3, 24)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, expect = lin(x), ref(x)
+        mm = gp.matmul(x, torch.randn(24, 5))
+        mixed = gp.matmul(x.half(), torch.randn(24, 5))  # autocast casts both: no mixed-dtype error
+    assert out.dtype == expect.dtype == mm.dtype == mixed.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expect.float(), rtol=2e-2, atol=2e-2)
+    with pytest.raises(TypeError, match="autocast"):
+        lin(x.half())  # outside autocast the dtypes must match
