@@ -430,6 +430,7 @@ def _launch_autotuned(kernel, a, b, out):
         a,
         b,
         out,
+        out,  # bias pointer, unused (HAS_BIAS=False)
         M,
         N,
         K,
@@ -443,9 +444,11 @@ def _launch_autotuned(kernel, a, b, out):
         0,
         out.stride(0),
         out.stride(1),
+        0,
         INPUT_PRECISION="tf32",
         UPCAST=False,
         INDEX_64=False,
+        HAS_BIAS=False,
     )
 
 

@@ -23,7 +23,7 @@ from . import kernels
 from .errors import DeviceMismatchError, DtypeError, ModelError, ShapeError
 from .kernels import TileConfig, candidate_space
 from .nn import Linear, patch, record_shapes, recording, unpatch
-from .ops import matmul
+from .ops import linear, matmul
 from .selector import explain, mode, objective, set_model
 
 __version__ = "0.1.0"
@@ -38,6 +38,7 @@ __all__ = [
     "candidate_space",
     "explain",
     "kernels",
+    "linear",
     "matmul",
     "mode",
     "objective",

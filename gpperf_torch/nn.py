@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from . import ops
-from .ops import matmul
+from .ops import linear
 
 
 class Linear(nn.Linear):
@@ -28,10 +28,7 @@ class Linear(nn.Linear):
                 f"Linear got input {input.dtype} but weight is {self.weight.dtype}; cast one, e.g. "
                 f"input.to({self.weight.dtype}) or model.to({input.dtype}), or run under torch.autocast"
             )
-        out = matmul(input, self.weight.t())  # under autocast: in the autocast dtype
-        if self.bias is not None:
-            out = out + self.bias.to(out.dtype)
-        return out
+        return linear(input, self.weight, self.bias)  # under autocast: in the autocast dtype
 
 
 def patch(model: nn.Module) -> nn.Module:

@@ -39,16 +39,25 @@ _TRITON_ERRORS = _triton_errors()
 observers: list = []
 
 
-def _run(a: Tensor, b: Tensor, config: str | None, objective: str | None) -> Tensor:
+def _torch_mm(a: Tensor, b: Tensor, bias: Tensor | None) -> Tensor:
+    """torch.matmul (cuBLAS on a GPU), with the bias fused where torch can (addmm)."""
+    if bias is None:
+        return torch.matmul(a, b)
+    if a.dim() == 2:
+        return torch.addmm(bias.to(a.dtype), a, b)
+    return torch.matmul(a, b) + bias.to(a.dtype)
+
+
+def _run(a: Tensor, b: Tensor, bias: Tensor | None, config: str | None, objective: str | None) -> Tensor:
     """Select (unless forced) and launch. Shared by the CUDA kernel and the interpreted CPU kernel."""
     from . import selector
 
     cfg = TileConfig.from_key(config) if config else None
     choice = selector.choose(a, b, cfg, objective)
     if choice is None:  # the model predicts torch.matmul (cuBLAS) is better for this objective
-        return torch.matmul(a, b)
+        return _torch_mm(a, b, bias)
     try:
-        return kernels.launch(a, b, cfg=choice, max_shared_memory=selector.max_shared_memory(a.device))
+        return kernels.launch(a, b, cfg=choice, max_shared_memory=selector.max_shared_memory(a.device), bias=bias)
     except _TRITON_ERRORS as e:
         shape = f"{tuple(a.shape)} @ {tuple(b.shape)} {a.dtype} on {a.device}"
         if cfg is not None:
@@ -57,55 +66,65 @@ def _run(a: Tensor, b: Tensor, config: str | None, objective: str | None) -> Ten
             raise
         # A selected config this GPU cannot run (resources, compiler): torch.matmul for this shape from now on.
         selector.replace_choice(a, b, objective, None, reason=f"{choice.key} failed for {shape}: {e}")
-        return torch.matmul(a, b)
+        return _torch_mm(a, b, bias)
 
 
-def _compute(a: Tensor, b: Tensor, config: str | None = None, objective: str | None = None) -> Tensor:
-    """C = A @ B for 2-D or 3-D (batched) A, B; `config` forces a TileConfig key, `objective` overrides."""
+def _compute(
+    a: Tensor, b: Tensor, bias: Tensor | None = None, config: str | None = None, objective: str | None = None
+) -> Tensor:
+    """C = A @ B (+ bias over the last dimension) for 2-D or 3-D (batched) A, B; `config` forces a TileConfig
+    key, `objective` overrides the selection objective."""
     for observe in observers:
         observe(a, b)
     if a.device.type == "cpu":
         if kernels.interpreting() and a.dtype in _KERNEL_DTYPES:
-            return _run(a, b, config, objective)
-        return torch.matmul(a, b)
+            return _run(a, b, bias, config, objective)
+        return _torch_mm(a, b, bias)
     if a.dtype not in _KERNEL_DTYPES:  # float64 on CUDA: torch.matmul computes it (documented)
-        return torch.matmul(a, b)
-    return _run(a, b, config, objective)
+        return _torch_mm(a, b, bias)
+    return _run(a, b, bias, config, objective)
 
 
 mm = torch.library.custom_op("gpperf::mm", _compute, mutates_args=(), device_types=("cuda", "cpu"))
 
 
 @mm.register_fake
-def _mm_fake(a: Tensor, b: Tensor, config: str | None = None, objective: str | None = None) -> Tensor:
+def _mm_fake(
+    a: Tensor, b: Tensor, bias: Tensor | None = None, config: str | None = None, objective: str | None = None
+) -> Tensor:
     torch._check(a.dim() == b.dim() and a.dim() in (2, 3), lambda: "gpperf::mm takes 2-D or 3-D operands")
     torch._check(a.shape[-1] == b.shape[-2], lambda: f"inner dimensions differ: {a.shape} @ {b.shape}")
+    if bias is not None:
+        torch._check(bias.dim() == 1 and bias.shape[0] == b.shape[-1], lambda: f"bias {bias.shape} for N={b.shape[-1]}")
     return a.new_empty((*a.shape[:-1], b.shape[-1]))
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    a, b, _config, objective = inputs
+    a, b, bias, _config, objective = inputs
     ctx.save_for_backward(a, b)
     ctx.objective = objective
+    ctx.bias_dtype = None if bias is None else bias.dtype
 
 
 def _backward(ctx, grad: Tensor):
     a, b = ctx.saved_tensors
-    grad_a = grad_b = None
+    grad_a = grad_b = grad_bias = None
     # dA = dC @ B^T and dB = A^T @ dC: transposed views, no copies; a forced forward config does not carry
     # over (the backward shapes differ), the objective does.
     if ctx.needs_input_grad[0]:
-        grad_a = _mm(grad, b.transpose(-1, -2), None, ctx.objective)
+        grad_a = _mm(grad, b.transpose(-1, -2), None, None, ctx.objective)
     if ctx.needs_input_grad[1]:
-        grad_b = _mm(a.transpose(-1, -2), grad, None, ctx.objective)
-    return grad_a, grad_b, None, None
+        grad_b = _mm(a.transpose(-1, -2), grad, None, None, ctx.objective)
+    if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
+        grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0).to(ctx.bias_dtype)
+    return grad_a, grad_b, grad_bias, None, None
 
 
 mm.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ---- the public front ------------------------------------------------------------------------------
-def _mm(a: Tensor, b: Tensor, config: str | None, objective: str | None) -> Tensor:
+def _mm(a: Tensor, b: Tensor, bias: Tensor | None, config: str | None, objective: str | None) -> Tensor:
     """Call the op, or, in plain eager inference, its implementation directly.
 
     The custom op's Python dispatch costs ~25 us per call, more than a small GEMM takes on a GPU. Where the op
@@ -115,11 +134,12 @@ def _mm(a: Tensor, b: Tensor, config: str | None, objective: str | None) -> Tens
     if (
         type(a) is Tensor
         and type(b) is Tensor
+        and (bias is None or (type(bias) is Tensor and not bias.requires_grad))
         and not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad))
         and not torch.compiler.is_compiling()
     ):
-        return _compute(a, b, config, objective)
-    return mm(a, b, config, objective)
+        return _compute(a, b, bias, config, objective)
+    return mm(a, b, bias, config, objective)
 
 
 def _check(a: Tensor, b: Tensor) -> None:
@@ -200,9 +220,9 @@ def matmul(a: Tensor, b: Tensor, *, config: TileConfig | str | None = None, obje
         parse_objective(objective)  # fail here, at the call, not deep inside the op
 
     if a.dim() == 2 and b.dim() == 2:  # the common case, without reshapes
-        return _mm(a, b, key, objective)
+        return _mm(a, b, None, key, objective)
     if a.dim() == 1 and b.dim() == 1:
-        return _mm(a.unsqueeze(0), b.unsqueeze(1), key, objective).reshape(())
+        return _mm(a.unsqueeze(0), b.unsqueeze(1), None, key, objective).reshape(())
     a_vec, b_vec = a.dim() == 1, b.dim() == 1
     a2 = a.unsqueeze(0) if a_vec else a
     b2 = b.unsqueeze(1) if b_vec else b
@@ -212,18 +232,31 @@ def matmul(a: Tensor, b: Tensor, *, config: TileConfig | str | None = None, obje
     if b2.dim() == 2:
         # Fold a's batch dimensions into M: one 2-D GEMM. (reshape is a view whenever the layout allows.)
         batch = a2.shape[:-2]
-        out = _mm(a2.reshape(-1, K), b2, key, objective).reshape(*batch, M, N)
+        out = _mm(a2.reshape(-1, K), b2, None, key, objective).reshape(*batch, M, N)
     elif a2.dim() == 2:
         batch = b2.shape[:-2]
         bb = b2.reshape(-1, K, N)
-        out = _mm(a2.expand(bb.shape[0], M, K), bb, key, objective).reshape(*batch, M, N)
+        out = _mm(a2.expand(bb.shape[0], M, K), bb, None, key, objective).reshape(*batch, M, N)
     else:
         batch = torch.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
         a3 = a2.expand(*batch, M, K).reshape(-1, M, K)
         b3 = b2.expand(*batch, K, N).reshape(-1, K, N)
-        out = _mm(a3, b3, key, objective).reshape(*batch, M, N)
+        out = _mm(a3, b3, None, key, objective).reshape(*batch, M, N)
     if a_vec:
         out = out.squeeze(-2)
     if b_vec:
         out = out.squeeze(-1)
     return out
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """`torch.nn.functional.linear` through the op: ``x @ weight^T + bias``, the bias added in the kernel's
+    epilogue (one launch, like cuBLAS's addmm), the weight read as a transposed view (no copy)."""
+    autocast_on = x.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(x.device.type)
+    x, w = _autocast(x, weight)
+    _check(x, w.t())
+    if bias is not None and autocast_on:
+        bias = bias.to(x.dtype)
+    out = _mm(x.reshape(-1, x.shape[-1]), w.t(), bias, None, None)
+    return out.reshape(*x.shape[:-1], w.shape[0])
+

@@ -40,6 +40,7 @@ def _matmul_kernel(
     a_ptr,
     b_ptr,
     c_ptr,
+    bias_ptr,
     # sizes
     M,
     N,
@@ -55,6 +56,7 @@ def _matmul_kernel(
     stride_cs,
     stride_cm,
     stride_cn,
+    stride_bias,
     # meta-parameters
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -64,6 +66,7 @@ def _matmul_kernel(
     INPUT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
     INDEX_64: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
 ):
     pid = tl.program_id(axis=0)
     pid_k = tl.program_id(axis=1)
@@ -115,6 +118,9 @@ def _matmul_kernel(
 
     c_ptrs = c_ptr + pid_k.to(tl.int64) * stride_cs + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
     c_mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    if HAS_BIAS and SPLIT_K == 1:  # (with split-K the reduction adds it, once)
+        bias = tl.load(bias_ptr + offs_n * stride_bias, mask=offs_n < N, other=0.0)
+        acc += bias.to(tl.float32)[None, :]
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
 
 
@@ -122,6 +128,7 @@ def _matmul_kernel(
 def _splitk_reduce_kernel(
     ws_ptr,
     c_ptr,
+    bias_ptr,
     M,
     N,
     stride_wb,
@@ -129,8 +136,10 @@ def _splitk_reduce_kernel(
     stride_cb,
     stride_cm,
     stride_cn,
+    stride_bias,
     SPLIT_K: tl.constexpr,
     BLOCK: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
 ):
     # Sum the SPLIT_K fp32 partial products in a fixed order: same bits on every run.
     pid_b = tl.program_id(2).to(tl.int64)
@@ -143,6 +152,8 @@ def _splitk_reduce_kernel(
         acc += tl.load(ws_ptr + s * stride_ws + offs, mask=mask, other=0.0)
     row = offs // N
     col = offs % N
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + col * stride_bias, mask=mask, other=0.0).to(tl.float32)
     tl.store(c_ptr + row * stride_cm + col * stride_cn, acc.to(c_ptr.dtype.element_ty), mask=mask)
 
 
@@ -190,14 +201,23 @@ def launch(
     *,
     allow_tf32: bool | None = None,
     max_shared_memory: int | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Compute ``out = a @ b`` (2-D, or 3-D batched) with tile config `cfg`: check, allocate, launch.
+    """Compute ``out = a @ b (+ bias)`` (2-D, or 3-D batched) with tile config `cfg`: check, allocate, launch.
 
-    Any strides (transposed or sliced views are read in place, never copied).
+    Any strides (transposed or sliced views are read in place, never copied). `bias` (N,) is added to every
+    row in the kernel's epilogue (in fp32, before the cast to the output dtype).
     """
     from .configs import DEFAULT_CONFIG
 
     check_inputs(a, b, out)
+    if bias is not None and (
+        bias.dim() != 1 or bias.shape[0] != b.shape[-1] or bias.device != a.device or not bias.is_floating_point()
+    ):
+        raise ValueError(
+            f"bias must be a floating 1-D tensor of {b.shape[-1]} elements on {a.device}, "
+            f"got {tuple(bias.shape)} {bias.dtype} on {bias.device}"
+        )
     cfg = cfg or DEFAULT_CONFIG
     reason = _config_reason(cfg, a.dtype, max_shared_memory)
     if reason is not None:
@@ -210,7 +230,7 @@ def launch(
     if M == 0 or N == 0 or batch == 0:
         return out
     if K == 0:
-        return out.zero_()
+        return out.zero_() if bias is None else out.copy_(bias.expand_as(out))
     if allow_tf32 is None and a.dtype == torch.float32:
         allow_tf32 = bool(tf32_allowed())
     precision = "tf32" if (a.dtype == torch.float32 and allow_tf32) else "ieee"
@@ -236,6 +256,7 @@ def launch(
         a,
         b,
         target,
+        out if bias is None else bias,  # not read without HAS_BIAS
         M,
         N,
         K,
@@ -249,6 +270,7 @@ def launch(
         stride_cs,
         stride_cm,
         stride_cn,
+        0 if bias is None else bias.stride(0),
         BLOCK_M=cfg.block_m,
         BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k,
@@ -257,6 +279,7 @@ def launch(
         INPUT_PRECISION=precision,
         UPCAST=upcast,
         INDEX_64=index_64,
+        HAS_BIAS=bias is not None,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
@@ -265,6 +288,7 @@ def launch(
         _splitk_reduce_kernel[(triton.cdiv(M * N, block), 1, batch)](
             target,
             out,
+            out if bias is None else bias,
             M,
             N,
             target.stride(0),
@@ -272,7 +296,9 @@ def launch(
             bstride(out),
             out.stride(-2),
             out.stride(-1),
+            0 if bias is None else bias.stride(0),
             SPLIT_K=split_k,
             BLOCK=block,
+            HAS_BIAS=bias is not None,
         )
     return out

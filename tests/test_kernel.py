@@ -12,7 +12,7 @@ import torch
 from gpperf_torch import kernels
 from gpperf_torch.kernels import TileConfig, launch
 
-from helpers import assert_close_to_reference, randn
+from helpers import assert_close_to_reference, randn, tolerances
 
 DEVICES = [
     pytest.param(
@@ -161,3 +161,19 @@ def test_invalid_config_is_a_clear_error():
         )
     with pytest.raises(ValueError, match="power of two"):
         launch(torch.randn(8, 8), torch.randn(8, 8), cfg=TileConfig(48, 32, 32))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("split_k", [1, 4])
+def test_bias_in_the_epilogue(device, dtype, split_k):
+    a = randn(2, 33, 70, dtype=dtype, device=device)
+    b = randn(2, 45, 70, dtype=dtype, device=device).transpose(-1, -2)  # Linear's layout
+    bias = randn(45, dtype=dtype, device=device)
+    out = torch.full((2, 33, 45), float("nan"), dtype=dtype, device=device)
+    launch(a, b, out, TileConfig(16, 32, 32, split_k=split_k), bias=bias)
+    ref = a.double().cpu() @ b.double().cpu() + bias.double().cpu()
+    rtol, atol = tolerances(dtype, 70)
+    torch.testing.assert_close(out.double().cpu(), ref, rtol=rtol, atol=atol + rtol * 4)
+    with pytest.raises(ValueError, match="bias must be a floating 1-D tensor of 45"):
+        launch(a, b, cfg=TileConfig(16, 32, 32), bias=bias[:10])

@@ -59,10 +59,12 @@ def test_selected_config_without_forcing(device, dtype):
 def test_opcheck(device):
     a = randn(40, 24, dtype=torch.float32, device=device, gen=None).requires_grad_()
     b = randn(24, 18, dtype=torch.float32, device=device).requires_grad_()
-    torch.library.opcheck(torch.ops.gpperf.mm.default, (a, b, SMALL.key, None))
+    torch.library.opcheck(torch.ops.gpperf.mm.default, (a, b, None, SMALL.key, None))
     a3 = randn(2, 20, 24, dtype=torch.float16, device=device)
     b3 = randn(2, 24, 18, dtype=torch.float16, device=device)
-    torch.library.opcheck(torch.ops.gpperf.mm.default, (a3, b3, SMALL.key, "time"))
+    torch.library.opcheck(torch.ops.gpperf.mm.default, (a3, b3, None, SMALL.key, "time"))
+    bias = randn(18, dtype=torch.float32, device=device).requires_grad_()
+    torch.library.opcheck(torch.ops.gpperf.mm.default, (a, b, bias, SMALL.key, None))
 
 
 def test_gradcheck_float64_cpu_path():
@@ -212,3 +214,29 @@ def test_selected_config_failing_on_the_gpu_falls_back_to_torch(monkeypatch, cap
         out = gp.matmul(a, b)
     assert_close_to_reference(out, a, b)
     assert "failed" in caplog.text and selector.choose(a, b, None, None) is None  # remembered: torch.matmul
+
+
+def test_linear_gradcheck_float64_cpu_path():
+    x = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(gp.ops.linear, (x, w, bias))
+    torch.testing.assert_close(gp.ops.linear(x, w, bias), torch.nn.functional.linear(x, w, bias))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+def test_linear_fused_bias_forward_and_backward(device, dtype):
+    x = randn(3, 7, 40, dtype=dtype, device=device).requires_grad_()
+    w = randn(24, 40, dtype=dtype, device=device).requires_grad_()
+    bias = randn(24, dtype=dtype, device=device).requires_grad_()
+    out = gp.ops.linear(x, w, bias)
+    x2, w2, b2 = (t.detach().double().requires_grad_() for t in (x, w, bias))
+    ref = torch.nn.functional.linear(x2, w2, b2)
+    rtol, atol = {torch.float16: (2e-3, 1e-2), torch.bfloat16: (1.6e-2, 6e-2), torch.float32: (1e-5, 1e-5)}[dtype]
+    torch.testing.assert_close(out.double(), ref, rtol=rtol, atol=atol)
+    out.double().square().sum().backward()
+    ref.square().sum().backward()
+    for got, want in ((x.grad, x2.grad), (w.grad, w2.grad), (bias.grad, b2.grad)):
+        assert got.dtype == dtype
+        torch.testing.assert_close(got.double(), want, rtol=max(rtol, 2e-2), atol=max(atol, 0.5))
