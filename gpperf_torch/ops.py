@@ -259,4 +259,3 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         bias = bias.to(x.dtype)
     out = _mm(x.reshape(-1, x.shape[-1]), w.t(), bias, None, None)
     return out.reshape(*x.shape[:-1], w.shape[0])
-
