@@ -160,12 +160,13 @@ class _State:
 def _load_model(info: DeviceInfo, path: str | None):
     from .predictor import Predictor, list_shipped, shipped_model
 
+    where = "set_model" if path else "GPPERF_MODEL"
     path = path or os.environ.get("GPPERF_MODEL")
     if path:
         try:
             return Predictor.load(path)
         except (ModelError, ValueError, OSError) as e:
-            raise ModelError(f"GPPERF_MODEL={path!r} cannot be used: {e}") from e
+            raise ModelError(f"{where}={path!r} cannot be used: {e}") from e
     shipped = shipped_model(info.short_name)
     if shipped is None:
         # No model for this GPU by name: one trained on a GPU of the same architecture (compute capability, SM
