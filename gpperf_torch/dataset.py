@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .kernels.configs import CONFIG_FIELDS
+
 SCHEMA_VERSION = 1
 
 # Identity of a measurement: rows with equal keys are the same measurement (used to resume a run).
@@ -305,9 +307,6 @@ def _our_row(r: dict[str, str]) -> dict:
         "capability": (r.get("capability") or "").strip(),
         **{c: _to_float(r.get(c)) for c in DEVICE_FLOAT_COLUMNS},
     }
-
-
-CONFIG_FIELDS = ("block_m", "block_n", "block_k", "group_m", "split_k", "num_warps", "num_stages")
 
 
 def detect_format(header: Sequence[str]) -> str:

@@ -16,12 +16,11 @@ from typing import NamedTuple
 import numpy as np
 
 from .device import DeviceInfo, descriptor_from_fields, known_device
-from .kernels.configs import TileConfig, elem_size
+from .kernels.configs import CONFIG_FIELDS, TileConfig, elem_size
 
 FEATURE_SCHEMA_VERSION = 1
 
-# Column order of a config matrix (TileConfig fields); a row of zeros is torch.matmul (cuBLAS).
-CONFIG_FIELDS = ("block_m", "block_n", "block_k", "group_m", "split_k", "num_warps", "num_stages")
+# Column order of a config matrix: CONFIG_FIELDS (TileConfig's fields); a row of zeros is torch.matmul (cuBLAS).
 
 FEATURE_NAMES = (
     # --- the problem ------------------------------------------------------------------------------
@@ -42,13 +41,7 @@ FEATURE_NAMES = (
     "log2_t_memory_ideal",  # minimal bytes / bandwidth
     # --- the config (zeros for torch.matmul) -------------------------------------------------------
     "is_torch",
-    "block_m",
-    "block_n",
-    "block_k",
-    "group_m",
-    "split_k",
-    "num_warps",
-    "num_stages",
+    *CONFIG_FIELDS,  # block_m, block_n, block_k, group_m, split_k, num_warps, num_stages
     # --- the config on this problem and device ---------------------------------------------------
     "log2_tiles",  # output tiles x split-K = programs launched
     "log2_waves",  # programs / SMs

@@ -2,6 +2,7 @@
 
 from .configs import (
     CANDIDATE_GRID,
+    CONFIG_FIELDS,
     DEFAULT_CONFIG,
     SMALL_TILE_GRID,
     SPLIT_K_GRID,
@@ -15,6 +16,7 @@ from .matmul import check_inputs, interpreting, launch, tf32_allowed
 
 __all__ = [
     "CANDIDATE_GRID",
+    "CONFIG_FIELDS",
     "DEFAULT_CONFIG",
     "SMALL_TILE_GRID",
     "SPLIT_K_GRID",

@@ -73,6 +73,10 @@ class TileConfig:
         return self.block_m * self.block_n / (self.num_warps * 32)
 
 
+# The config's fields in declaration order: the column names datasets and feature matrices use for a config.
+CONFIG_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(TileConfig))
+
+
 def elem_size(dtype: object) -> int:
     """Bytes per element for a dtype given as torch dtype, numpy dtype or name."""
     name = str(dtype).replace("torch.", "")
