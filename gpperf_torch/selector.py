@@ -111,10 +111,6 @@ def current_objective() -> str:
     return _objective_var.get() or _env["objective"]
 
 
-def current_mode() -> str:
-    return _mode_var.get() or _env["mode"]
-
-
 # ---- device and model state --------------------------------------------------------------------------
 _lock = threading.Lock()
 _devices: dict[torch.device, DeviceInfo] = {}
@@ -303,7 +299,7 @@ def choose(a: torch.Tensor, b: torch.Tensor, forced: TileConfig | None, objectiv
     except KeyError:
         pass
     if md == "predict":
-        cfg = _select(st, key)
+        cfg = rank(st, key)[0][0]
     else:
         from .verify import benchmark_choice
 
@@ -327,11 +323,6 @@ def _valid_candidates(st: _State, dtype: str) -> list[TileConfig | None]:
             raise ValueError(f"none of the model's {len(cands)} candidates runs on {st.info.name} for {dtype}")
         st.valid[dtype] = cached
     return cached
-
-
-def _select(st: _State, key: tuple) -> TileConfig | None:
-    ranked = rank(st, key)
-    return ranked[0][0]
 
 
 def rank(st: _State, key: tuple) -> list[tuple[TileConfig | None, dict[str, float]]]:

@@ -18,3 +18,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords and not HAS_CUDA:
             item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU; runs in `make gpu-check`"))
+
+
+@pytest.fixture
+def fresh_selector(monkeypatch, tmp_path):
+    """A selector with no loaded models or cached choices, caching into this test's own folder."""
+    from gpperf_torch import selector
+
+    monkeypatch.setenv("GPPERF_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("GPPERF_DISK_CACHE", "0")
+    selector.reset()
+    yield
+    selector.reset()

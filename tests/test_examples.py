@@ -62,12 +62,8 @@ def models(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def fresh_selector(monkeypatch, tmp_path):
-    monkeypatch.setenv("GPPERF_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("GPPERF_DISK_CACHE", "0")
-    selector.reset()
-    yield
-    selector.reset()
+def _fresh(fresh_selector):
+    """Every example starts from a fresh selector (tests/conftest.py)."""
 
 
 def _row(out: str, name: str) -> list[str]:

@@ -35,12 +35,8 @@ def model_dirs(tmp_path_factory):
 
 
 @pytest.fixture
-def fresh(monkeypatch, tmp_path):
-    monkeypatch.setenv("GPPERF_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("GPPERF_DISK_CACHE", "0")
-    selector.reset()
-    yield
-    selector.reset()
+def fresh(fresh_selector):
+    """(tests/conftest.py's fresh_selector under a short name)"""
 
 
 def _key(m=1024, n=1024, k=1024, obj="time"):
