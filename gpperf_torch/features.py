@@ -18,7 +18,7 @@ import numpy as np
 from .device import DeviceInfo, descriptor_from_fields, known_device
 from .kernels.configs import CONFIG_FIELDS, TileConfig, elem_size
 
-FEATURE_SCHEMA_VERSION = 1
+FEATURE_SCHEMA_VERSION = 2  # v2: mma_kind, dev_capability
 
 # Column order of a config matrix: CONFIG_FIELDS (TileConfig's fields); a row of zeros is torch.matmul (cuBLAS).
 
@@ -57,17 +57,25 @@ FEATURE_NAMES = (
     "acc_regs",  # fp32 accumulator registers per thread
     "log2_traffic_time",  # global traffic of the tiling (A re-read per N tile, B per M tile) / bandwidth
     "log2_t_compute_tiled",  # waves x padded work of one program / clock
+    # Which tensor-core instruction Triton can use for this config: 0 none (fp32 without TF32 runs on FMA
+    # units), 2 mma.sync (Ampere-style, per warp), 3 wgmma (Hopper, per warpgroup of 4 warps). Triton emits
+    # wgmma only for num_warps % 4 == 0 and block_m % 64 == 0, and wgmma reads TF32 operands only K-major from
+    # shared memory (16-bit ones either way). On the public H100 data this is why TF32 with a transposed operand
+    # prefers a 2-warp tile (mma.sync) while K-major TF32 prefers 128x128 tiles of 4 warps.
+    "mma_kind",
     # --- the device ---------------------------------------------------------------------------------
     "dev_sm_count",
     "dev_smem_kib",
     "dev_sm_clock_mhz",
     "dev_mem_clock_mhz",
     "dev_mem_bw_gbs",
+    "dev_capability",  # compute capability as major + minor / 10 (9.0 for H100)
 )
 N_FEATURES = len(FEATURE_NAMES)
 _IDX = {name: i for i, name in enumerate(FEATURE_NAMES)}
 # Columns that describe a Triton config: zeroed on torch.matmul rows so that they carry no made-up tile.
-_CONFIG_COLS = slice(_IDX["block_m"], _IDX["log2_t_compute_tiled"] + 1)
+CONFIG_COLUMNS = slice(_IDX["is_torch"], _IDX["mma_kind"] + 1)  # every column that depends on the config
+_CONFIG_COLS = slice(_IDX["block_m"], _IDX["mma_kind"] + 1)
 
 
 def config_matrix(cfgs: Sequence[TileConfig | None]) -> np.ndarray:
@@ -95,13 +103,15 @@ def _dtype_info(dtype: object) -> tuple[int, int]:
     return elem_size(name), int(name in ("bfloat16", "bf16"))
 
 
-def _device_values(device: DeviceInfo) -> tuple[float, float, float, float, float]:
+def _device_values(device: DeviceInfo) -> tuple[float, float, float, float, float, float]:
+    major, minor = device.capability
     return (
         float(device.sm_count),
         float(device.max_shared_memory),
         float(device.sm_clock_mhz),
         float(device.mem_clock_mhz),
         float(device.mem_bandwidth_gbs),
+        float(major) + float(minor) / 10.0,
     )
 
 
@@ -119,6 +129,7 @@ class _ConfigPart(NamedTuple):
     acc_regs: np.ndarray
     split_mask: np.ndarray  # split_k > 1
     split_out: np.ndarray  # bytes per output element written and re-read by the split-K reduction
+    warpgroup_ok: np.ndarray  # num_warps % 4 == 0 and block_m % 64 == 0: Triton may emit wgmma
 
 
 def _config_part(cfg: np.ndarray) -> _ConfigPart:
@@ -148,6 +159,7 @@ def _config_part(cfg: np.ndarray) -> _ConfigPart:
         split_mask=sk > 1,
         # Split-K writes fp32 partial sums that a second pass reads back: 4 B out + 4 B in per split.
         split_out=8.0 * sk,
+        warpgroup_ok=(np.mod(nw, 4) == 0) & (np.mod(bm, 64) == 0),
     )
 
 
@@ -172,7 +184,7 @@ def _features(m, n, k, esize, is_bf16, tf32, a_trans, b_trans, part: _ConfigPart
     both broadcast against the config part. Built feature-major and transposed once at the end: on the
     selection hot path the cost is the number of numpy calls, so they are kept few.
     """
-    sm, smem_dev, clk, mclk, bw = dev
+    sm, smem_dev, clk, mclk, bw, cap = dev
     out = np.empty((N_FEATURES, n_rows), dtype=np.float64)
     mn = m * n
     flops = 2.0 * mn * k
@@ -184,7 +196,7 @@ def _features(m, n, k, esize, is_bf16, tf32, a_trans, b_trans, part: _ConfigPart
             logs[0], logs[1], logs[2], esize, is_bf16, tf32, float(esize < 4 or bool(tf32)), a_trans, b_trans,
             float(esize == 4 and bool(tf32)) * (a_trans + 1 - b_trans), logs[3], logs[4], logs[5],
         ])[:, None]  # fmt: skip
-        out[35:40] = np.array([sm, smem_dev / 1024.0, clk, mclk, bw])[:, None]
+        out[36:42] = np.array([sm, smem_dev / 1024.0, clk, mclk, bw, cap])[:, None]
     else:
         out[0] = np.log2(m)
         out[1] = np.log2(n)
@@ -200,11 +212,12 @@ def _features(m, n, k, esize, is_bf16, tf32, a_trans, b_trans, part: _ConfigPart
         # Device-relative sizes (flops per SM per MHz, bytes per GB/s): they let a model transfer across GPUs.
         out[11] = np.log2(flops / (sm * clk))
         out[12] = np.log2(min_bytes / (bw * 1e3))
-        out[35] = sm
-        out[36] = smem_dev / 1024.0
-        out[37] = clk
-        out[38] = mclk
-        out[39] = bw
+        out[36] = sm
+        out[37] = smem_dev / 1024.0
+        out[38] = clk
+        out[39] = mclk
+        out[40] = bw
+        out[41] = cap
     out[13:21] = part.static
 
     sizes = np.array([[m], [n], [k]]) if np.ndim(m) == 0 else np.stack([m, n, k])
@@ -226,6 +239,15 @@ def _features(m, n, k, esize, is_bf16, tf32, a_trans, b_trans, part: _ConfigPart
     traffic = esize * (m * k * tiles[1] + k * n * tiles[0]) + out_bytes
     out[33] = np.log2(traffic / (bw * 1e3))
     out[34] = np.log2(waves * part.work2 * tiles[2] / clk)
+    # mma_kind (see FEATURE_NAMES): the problem decides whether tensor cores and wgmma are possible at all.
+    tensor = np.logical_or(esize < 4, tf32)
+    wgmma_possible = np.logical_and(
+        np.greater_equal(cap, 9.0), np.logical_or(esize < 4, np.logical_and(np.equal(a_trans, 0), np.equal(b_trans, 1)))
+    )
+    if np.ndim(tensor) == 0:  # one shape: two scalars pick one of three constant rows
+        out[35] = (np.where(part.warpgroup_ok, 3.0, 2.0) if wgmma_possible else 2.0) if tensor else 0.0
+    else:
+        out[35] = np.where(tensor, np.where(wgmma_possible & part.warpgroup_ok, 3.0, 2.0), 0.0)
     if part.any_torch:
         out[_CONFIG_COLS, part.is_torch] = 0.0
     return np.ascontiguousarray(out.T, dtype=np.float32)
@@ -281,7 +303,7 @@ def table_features(table, device_lookup: DeviceLookup | DeviceInfo | None = None
         dev = _device_values(device_lookup)
     else:
         lookup = device_lookup or (lambda name: table_device(table, name))
-        dev_cols = np.empty((5, n_rows), dtype=np.float64)
+        dev_cols = np.empty((6, n_rows), dtype=np.float64)
         for name in set(gpu.tolist()):
             dev_cols[:, gpu == name] = np.asarray(_device_values(lookup(name)))[:, None]
         dev = tuple(dev_cols)
@@ -312,9 +334,10 @@ def feature_index(name: str) -> int:
 
 
 # _features writes columns by position: keep it in step with FEATURE_NAMES.
-assert N_FEATURES == 40
+assert N_FEATURES == 42
 
 __all__ = [
+    "CONFIG_COLUMNS",
     "CONFIG_FIELDS",
     "FEATURE_NAMES",
     "FEATURE_SCHEMA_VERSION",

@@ -98,3 +98,30 @@ def test_hot_path_is_fast():
         shape_features(2048, 2048, 2048, "float16", 0, 0, 0, C, H100)
     per_call = (time.perf_counter() - t0) / 100
     assert per_call < 2e-3, f"shape_features took {per_call * 1e6:.0f} us for 300 configs"
+
+
+@pytest.mark.parametrize(
+    "dtype, a_trans, b_trans, tf32, cfg, device, kind",
+    [
+        ("float16", 0, 0, 0, TileConfig(128, 128, 32, num_warps=4), "h100", 3),  # wgmma
+        ("bfloat16", 1, 0, 0, TileConfig(64, 64, 32, num_warps=8), "h100", 3),  # 16-bit: any layout
+        ("float16", 0, 0, 0, TileConfig(128, 64, 32, num_warps=2), "h100", 2),  # 2 warps: no warpgroup
+        ("float16", 0, 0, 0, TileConfig(32, 64, 32, num_warps=4), "h100", 2),  # block_m < 64
+        ("float32", 0, 1, 1, TileConfig(128, 128, 32, num_warps=4), "h100", 3),  # TF32, both K-major
+        ("float32", 1, 1, 1, TileConfig(128, 128, 32, num_warps=4), "h100", 2),  # TF32, A not K-major
+        ("float32", 0, 0, 1, TileConfig(128, 128, 32, num_warps=4), "h100", 2),  # TF32, B not K-major
+        ("float32", 0, 1, 0, TileConfig(128, 128, 32, num_warps=4), "h100", 0),  # fp32 without TF32: FMA
+        ("float16", 0, 0, 0, TileConfig(128, 128, 32, num_warps=4), "a100", 2),  # sm80 has no wgmma
+    ],
+)
+def test_mma_kind(dtype, a_trans, b_trans, tf32, cfg, device, kind):
+    dev = KNOWN_DEVICES[device]
+    x = shape_features(512, 512, 512, dtype, a_trans, b_trans, tf32, config_matrix([cfg, None]), dev)
+    assert x[0, feature_index("mma_kind")] == kind
+    assert x[1, feature_index("mma_kind")] == 0  # torch.matmul row: no config, no made-up instruction
+    assert x[0, feature_index("dev_capability")] == pytest.approx(dev.capability[0] + dev.capability[1] / 10)
+    # the table path computes the same value
+    fields = cfg.as_dict()
+    row = dict(gpu=dev.name, m=512, n=512, k=512, dtype=dtype, a_trans=a_trans, b_trans=b_trans, tf32=tf32,
+               backend="triton", config=cfg.key, status="ok", time_ms=1.0, **fields)  # fmt: skip
+    assert table_features(dataset.from_rows([row]))[0, feature_index("mma_kind")] == kind

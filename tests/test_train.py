@@ -37,7 +37,8 @@ CONFIGS = [
 def synthetic_rows(n_shapes: int = 40, seed: int = 0, energy: bool = True) -> list[dict]:
     """Groups where the right answer is known: big shapes -> the 128x128 tile, skinny ones -> split-K.
 
-    time = size term x a per-config factor that depends only on the regime, plus torch at 1.1x the best.
+    time = size term x a per-config factor that depends only on the regime, plus torch at 1.1x the best. The
+    size term runs fp32 (no TF32: FMA units) 16x slower than 16-bit inputs (tensor cores), as the A100 and H100 do.
     """
     rng = np.random.default_rng(seed)
     rows = []
@@ -46,7 +47,7 @@ def synthetic_rows(n_shapes: int = 40, seed: int = 0, energy: bool = True) -> li
         m = int(rng.integers(1, 16)) if skinny else int(2 ** rng.uniform(11, 13))
         n, k = int(2 ** rng.uniform(10, 13)), int(2 ** rng.uniform(10, 13))
         dt = str(rng.choice(["float16", "bfloat16", "float32"]))
-        base = 1e-6 * m * n * k / 1e3 + 0.01
+        base = 1e-6 * m * n * k / 1e3 * (16.0 if dt == "float32" else 1.0) + 0.01
         factors = [1.6, 1.3, 1.2, 1.0] if skinny else [1.0, 1.25, 1.5, 2.5]
         for cfg, f in zip(CONFIGS, factors, strict=True):
             t = base * f
@@ -357,3 +358,58 @@ def test_unknown_gpu_trains_from_row_fields(tmp_path):
     write_tuning_csv(bare, [{**r, "gpu": name} for r in synthetic_rows(n_shapes=3)])
     with pytest.raises(ValueError, match="lack the device fields"):
         table_features(dataset.load_table(bare))
+
+
+def test_train_refits_on_all_and_repeats_splits(tmp_path, capsys):
+    """`train` evaluates on held-out groups of --splits seeds, then by default exports the forest refitted on all
+    groups; --no-all exports the train-split forest. Data from several GPUs: the model is for the first file's."""
+    h100 = synthetic_rows(n_shapes=20, seed=1)
+    a100 = [{**r, "gpu": "NVIDIA A100-SXM4-80GB"} for r in synthetic_rows(n_shapes=30, seed=2)]
+    csv_h, csv_a = tmp_path / "h.csv", tmp_path / "a.csv"
+    write_tuning_csv(csv_h, h100)
+    write_tuning_csv(csv_a, a100)
+    out = tmp_path / "model"
+    assert cli_main(["train", "--data", str(csv_h), str(csv_a), "--out", str(out), "--n-estimators", "4"]) == 0
+    assert "over 3 splits" in capsys.readouterr().out
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["device"]["short_name"] == "h100" and meta["split"]["target_gpu"] == "h100"
+    assert meta["split"]["trained_on"] == "all" and meta["n_train_groups"] == 50
+    rep = meta["metrics"]["held_out_splits"]
+    assert rep["seeds"] == [0, 1, 2] and len(rep["geomean_regret"]["per_seed"]) == 3
+    g = rep["geomean_regret"]
+    assert g["min"] <= g["mean"] <= g["max"] and g["per_seed"][0] == meta["metrics"]["held_out"]["geomean_regret"]
+    # the A100 file first: an A100 model
+    args = ["train", "--data", str(csv_a), str(csv_h), "--out", str(out), "--n-estimators", "4", "--splits", "1"]
+    assert cli_main(args) == 0
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["device"]["short_name"] == "a100" and "held_out_splits" not in meta["metrics"]
+    args = ["train", "--data", str(csv_h), "--out", str(out), "--n-estimators", "4", "--splits", "1", "--no-all"]
+    assert cli_main(args) == 0
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["split"]["trained_on"] == "train split" and meta["n_train_groups"] == 14
+    with pytest.raises(ValueError, match="splits must be >= 1"):
+        train.train_and_export([str(csv_h)], out, splits=0)
+
+
+def test_rank_target_is_the_slowdown_against_the_best(monkeypatch):
+    """rel learns log(t / t_best of its group's Triton configs); the offset forest the group's best log time less
+    the roofline (so that offset + roofline predicts the time of the config selection will pick)."""
+    from sklearn.ensemble import RandomForestRegressor
+
+    seen = []
+    real_fit = RandomForestRegressor.fit
+
+    def recording_fit(self, X, y, sample_weight=None):
+        seen.append((np.array(X), np.array(y)))
+        return real_fit(self, X, y, sample_weight=sample_weight)
+
+    monkeypatch.setattr(RandomForestRegressor, "fit", recording_fit)
+    t = synthetic_table(n_shapes=10, seed=3)
+    train.fit(t, seed=0, targets=("time_ms",), **SMALL)
+    (_, y_rel), (X_off, y_off) = seen
+    ok = t.ok
+    log_t, gid, tri = np.log(t["time_ms"][ok]), t.group_id[ok], (t["backend"] == "triton")[ok]
+    best = {g: log_t[(gid == g) & tri].min() for g in np.unique(gid)}
+    np.testing.assert_allclose(y_rel, log_t - np.array([best[g] for g in gid]), atol=1e-12)
+    assert np.isclose(y_rel[tri], 0).sum() == len(best) and (y_rel[tri] >= 0).all()
+    np.testing.assert_allclose(y_off + train.roofline(X_off), list(best.values()), rtol=1e-6)  # groups in id order
