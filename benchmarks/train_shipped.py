@@ -9,7 +9,8 @@ out), and those held-out metrics go into its metadata; the shipped forest is the
 on all groups (--no-all ships the one fitted on the seed-0 split instead). Also prints the cross-GPU check
 (trained on A100, evaluated on H100).
 
-The H100 model trains on its 70% split plus all the A100 data (`fit(target_gpu="h100")`: H100 candidates and
+The H100 model trains on the H100 data (the 70% split of each seed to evaluate, all of it to ship) plus all the
+A100 data (`fit(target_gpu="h100")`: H100 candidates and
 device, the A100 rows keep their own device features); it is evaluated on the same held-out H100 groups as an
 H100-only model with the same seed. The A100 model trains on A100 data alone.
 """

@@ -200,9 +200,18 @@ def shipped_model(short_name: str) -> Path | None:
     return onnx_path if onnx_path.is_file() and json_path.is_file() else None
 
 
+def load_cli_model(arg: str) -> Predictor:
+    """The model a command line names: a directory / `<name>[.onnx|.json]` path, else a shipped model's short name
+    ("h100", "a100")."""
+    onnx_path, json_path = model_paths(arg)
+    if not (onnx_path.is_file() or json_path.is_file()) and shipped_model(arg) is not None:
+        return Predictor.load(shipped_model(arg))
+    return Predictor.load(arg)
+
+
 def list_shipped() -> list[str]:
     """Short names (e.g. "a100", "h100") of the models shipped in gpperf_torch/data."""
     return sorted(p.stem for p in DATA_DIR.glob("*.onnx") if p.with_suffix(".json").is_file())
 
 
-__all__ = ["Predictor", "file_sha256", "list_shipped", "model_paths", "shipped_model"]
+__all__ = ["Predictor", "file_sha256", "list_shipped", "load_cli_model", "model_paths", "shipped_model"]

@@ -144,9 +144,9 @@ def _save(fig, path: Path, plt) -> Path:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from . import dataset
-    from .predictor import Predictor
+    from .predictor import load_cli_model
 
-    predictor = Predictor.load(args.model)
+    predictor = load_cli_model(args.model)
     table = dataset.load_table(args.data, include_interpreted=args.include_interpreted)
     for p in draw_report(predictor, table, args.out, title=predictor.device.short_name):
         print(p)
@@ -162,7 +162,7 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
 
     from . import dataset, kernels
     from .device import short_name_of
-    from .predictor import Predictor
+    from .predictor import load_cli_model
     from .selector import _order, parse_objective
 
     if args.pareto is None:
@@ -180,7 +180,7 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
     dtype = aliases.get(args.dtype, args.dtype)
     try:
         es = kernels.elem_size(dtype)
-        predictor = Predictor.load(args.model)
+        predictor = load_cli_model(args.model)
     except ValueError as e:
         print(f"gpperf-torch report: {e}", file=sys.stderr)
         return 2
@@ -298,7 +298,7 @@ def add_cli(subparsers) -> None:
         "report",
         help="plots of a model on data (PNG), or one shape's time/energy Pareto view of every candidate (--pareto)",
     )
-    p.add_argument("--model", required=True, help="model directory or <name>.onnx")
+    p.add_argument("--model", required=True, help="model directory, <name>.onnx, or a shipped model (h100, a100)")
     p.add_argument("--data", nargs="+", default=None, help="CSV files (auto-detected format); needed without --pareto")
     p.add_argument("--out", required=True, help="directory for the PNGs")
     p.add_argument("--include-interpreted", action="store_true", help="keep interpreter rows (tests only)")

@@ -27,7 +27,7 @@ from . import dataset
 from .dataset import TORCH_KEY, Table
 from .device import DeviceInfo, short_name_of
 from .features import CONFIG_COLUMNS, FEATURE_NAMES, FEATURE_SCHEMA_VERSION, feature_index, table_device, table_features
-from .predictor import MODEL_FORMAT, MODEL_FORMAT_VERSION, Predictor, file_sha256
+from .predictor import MODEL_FORMAT, MODEL_FORMAT_VERSION, Predictor, file_sha256, load_cli_model
 
 logger = logging.getLogger(__name__)
 
@@ -919,7 +919,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    predictor = Predictor.load(args.model)
+    predictor = load_cli_model(args.model)
     table = dataset.load_table(args.data, include_interpreted=args.include_interpreted)
     metrics = evaluate(predictor, table)
     if args.json:
@@ -955,7 +955,7 @@ def add_cli(subparsers) -> None:
     p.set_defaults(func=_cmd_train)
 
     e = subparsers.add_parser("eval", help="prediction and selection metrics of a model on data")
-    e.add_argument("--model", required=True, help="model directory or <name>.onnx")
+    e.add_argument("--model", required=True, help="model directory, <name>.onnx, or a shipped model (h100, a100)")
     e.add_argument("--data", nargs="+", required=True, help="CSV files (auto-detected format)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--include-interpreted", action="store_true", help="keep interpreter rows (tests only)")

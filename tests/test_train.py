@@ -413,3 +413,14 @@ def test_rank_target_is_the_slowdown_against_the_best(monkeypatch):
     np.testing.assert_allclose(y_rel, log_t - np.array([best[g] for g in gid]), atol=1e-12)
     assert np.isclose(y_rel[tri], 0).sum() == len(best) and (y_rel[tri] >= 0).all()
     np.testing.assert_allclose(y_off + train.roofline(X_off), list(best.values()), rtol=1e-6)  # groups in id order
+
+
+def test_eval_and_report_take_a_shipped_model_by_name(tmp_path, capsys):
+    csv_path = tmp_path / "tune.csv"
+    write_tuning_csv(csv_path, synthetic_rows(n_shapes=6))
+    assert cli_main(["eval", "--model", "h100", "--data", str(csv_path), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n_shapes"] == 6 and res["geomean_regret"] >= 1.0
+    assert cli_main(["report", "--model", "a100", "--data", str(csv_path), "--out", str(tmp_path / "r")]) == 0
+    with pytest.raises(ValueError, match="not found"):
+        cli_main(["eval", "--model", "no-such-model", "--data", str(csv_path)])
