@@ -331,6 +331,7 @@ def step_predict(c: Check) -> dict:
         test_frac=0.3,
         seed=0,
         use_all=False,  # this model must not have seen the held-out groups that later steps select on
+        splits=1,  # its metrics then describe exactly that model and those groups
         include_interpreted=c.dry,
         provenance="gpu-check: grouped 70% split of this run's tune.csv",
     )

@@ -5,9 +5,9 @@
 Reads the public data (/work/shared/data/autoheuristic_mm/ by default, or $GPPERF_PUBLIC_DATA) at run time;
 the data is never copied into the repository. Each model is first evaluated on the held-out 30% of shape groups
 of `--splits` seeded grouped splits (seeds 0, 1, ...; one split's regret moves by +-0.02 with the shapes it holds
-out), and those held-out metrics go into its metadata; the shipped forest is then the same procedure refitted
-on all groups (--no-all ships the one fitted on the seed-0 split instead). Also prints the cross-GPU check
-(trained on A100, evaluated on H100).
+out), and those held-out metrics, combined over the seeds and per seed, go into its metadata; the shipped
+forest is then the same procedure refitted on all groups (--no-all ships the one fitted on the seed-0 split
+instead). Also prints the cross-GPU check (trained on A100, evaluated on H100).
 
 The H100 model trains on the H100 data (the 70% split of each seed to evaluate, all of it to ship) plus all the
 A100 data (`fit(target_gpu="h100")`: H100 candidates and
@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             f"torchgen/_autoheuristic/mm, Aug 2024, median timings); grouped split by (shape, dtype, layout, "
             f"tf32), 30% of {short} groups held out, seeds {args.seed}..{args.seed + args.splits - 1}; "
             f"{'shipped forest refitted on all groups' if args.all else 'trained on the 70% split'}{others}; "
-            f"metrics.held_out are from the held-out groups of seed {args.seed}, metrics.held_out_splits over "
-            "all seeds"
+            "metrics.held_out combine the seeds' held-out groups (ratios by geometric mean), "
+            "metrics.held_out_splits list each seed"
         )
         t0 = time.perf_counter()
         metrics = train.train_and_export(

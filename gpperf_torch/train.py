@@ -768,6 +768,18 @@ def _by_size(sizes: np.ndarray, regrets: np.ndarray) -> list[dict]:
     return out
 
 
+def _pool_by_size(bins: list[dict]) -> list[dict]:
+    """Merge _by_size bins (of several splits) with the same range: counts add, geomeans weigh by count."""
+    pooled: dict[tuple, list[float]] = {}
+    for b in bins:
+        acc = pooled.setdefault(tuple(b["log2_mnk"]), [0.0, 0.0])
+        acc[0] += b["n"]
+        acc[1] += b["n"] * math.log(b["geomean_regret"])
+    return [
+        {"log2_mnk": list(k), "n": int(n), "geomean_regret": math.exp(s / n)} for k, (n, s) in sorted(pooled.items())
+    ]
+
+
 def regrets_per_group(predictor, table: Table, device_lookup=None) -> tuple[np.ndarray, np.ndarray]:
     """(log2 MNK, regret) of every group with a finite Triton time: for plots (report.py)."""
     pt = predictor.predict_features(table_features(table, device_lookup))[:, 0]
@@ -804,19 +816,43 @@ def format_metrics(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-# Keys summarised over repeated splits (train_and_export's `splits`): one split's regret moves by +-0.02 with
-# which shapes it happens to hold out (public H100 data, 68 held-out groups), so a single number misleads.
-REPEAT_KEYS = ("geomean_regret", "p90_regret", "within_5pct", "top1_agreement", "r2_log_time", "mape_time",
-               "baseline_best_static_regret", "speedup_vs_extern_geomean")  # fmt: skip
+# Keys listed per split (train_and_export's `splits`): one split's regret moves by +-0.02 with which shapes it
+# happens to hold out (public H100 data, 68 held-out groups), so a single split's number misleads.
+REPEAT_KEYS = ("geomean_regret", "p90_regret", "max_regret", "within_5pct", "top1_agreement", "r2_log_time",
+               "mape_time", "baseline_best_static_regret", "speedup_vs_extern_geomean")  # fmt: skip
+
+
+def combine_splits(runs: list[dict]) -> dict:
+    """One metrics dict from several splits' `evaluate` outputs: ratios (regrets, speedups) by geometric mean,
+    max_* by max, counts and other numbers by mean; regret_by_size pools the bins of every split; names (the best
+    static config) are the first split's. Adds n_splits."""
+    out: dict = {}
+    for key, first in runs[0].items():
+        vals = [r.get(key) for r in runs]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals)
+        if key == "regret_by_size":
+            out[key] = _pool_by_size([b for r in runs for b in r.get(key, [])])
+        elif not numeric or len(runs) == 1:
+            out[key] = first
+        elif all(isinstance(v, int) for v in vals):
+            out[key] = int(round(float(np.mean(vals))))
+        elif key.startswith("max_"):
+            out[key] = float(max(vals))
+        elif "regret" in key or "speedup" in key:
+            out[key] = _geomean(vals)
+        else:
+            out[key] = float(np.mean(vals))
+    out["n_splits"] = len(runs)
+    return out
 
 
 def held_out_metrics(
     table: Table, *, test_frac: float = 0.3, seeds=(0,), target_gpu: str | None = None, **fit_kw
-) -> tuple[dict, dict | None]:
-    """Fit on the train side of each seed's grouped split, evaluate on its held-out groups.
+) -> tuple[dict, dict]:
+    """Fit on the train side of each seed's grouped split and evaluate on its held-out groups.
 
-    Returns the first seed's full metrics and, with several seeds, a summary {key: {mean, min, max, per_seed}}
-    over the seeds for REPEAT_KEYS (None with one seed).
+    Returns the metrics combined over the seeds (combine_splits; with one seed, that split's) and a per-split
+    summary {"seeds": [...], key: {mean, min, max, per_seed}} for REPEAT_KEYS.
     """
     runs = []
     for s in seeds:
@@ -825,20 +861,18 @@ def held_out_metrics(
         metrics = evaluate(model, table.subset(test_rows))
         metrics.pop("selection_latency_ms_30", None)
         runs.append(metrics)
-    if len(runs) == 1:
-        return runs[0], None
     summary: dict = {"seeds": list(seeds)}
     for key in REPEAT_KEYS:
         vals = [r[key] for r in runs if key in r]
         if len(vals) == len(runs):
             summary[key] = {"mean": float(np.mean(vals)), "min": float(np.min(vals)), "max": float(np.max(vals)),
                             "per_seed": [float(v) for v in vals]}  # fmt: skip
-    return runs[0], summary
+    return combine_splits(runs), summary
 
 
 def train_and_export(
     paths: list[str], out: str | Path, *, test_frac: float = 0.3, seed: int = 0, use_all: bool = True,
-    splits: int = 1, provenance: str = "", include_interpreted: bool = False, target_gpu: str | None = None,
+    splits: int = 5, provenance: str = "", include_interpreted: bool = False, target_gpu: str | None = None,
     **params,
 ) -> dict:  # fmt: skip
     """Load, evaluate on held-out groups of `splits` grouped splits (seeds seed, seed+1, ...), then export the
@@ -859,7 +893,7 @@ def train_and_export(
         logger.info("data from GPUs %s: training a model for %s (the first file's; --target-gpu picks another)",
                     gpus, target_gpu)  # fmt: skip
     seeds = tuple(range(seed, seed + splits))
-    metrics, repeated = held_out_metrics(table, test_frac=test_frac, seeds=seeds, target_gpu=target_gpu, **params)
+    metrics, per_split = held_out_metrics(table, test_frac=test_frac, seeds=seeds, target_gpu=target_gpu, **params)
     if use_all:
         model = fit(table, seed=seed, target_gpu=target_gpu, **params)
     else:
@@ -881,15 +915,16 @@ def train_and_export(
         },  # fmt: skip
         "metrics": {
             "held_out": metrics,
-            "note": f"held-out groups of a grouped {test_frac:.0%} split{of_target}, seed {seed}"
+            "held_out_splits": per_split,
+            "note": f"held-out groups of {splits} grouped {test_frac:.0%} split(s){of_target}, seeds {seeds[0]}.."
+            f"{seeds[-1]}: held_out combines them (ratios by geometric mean, max by max, others by mean; lists from"
+            f" seed {seed}), held_out_splits lists each"
             + ("; the exported forest is the same procedure refitted on all groups" if use_all else ""),
-            **({"held_out_splits": repeated} if repeated else {}),
         },
     }
     onnx_path, _ = export(model, out, meta)
     loaded = Predictor.load(out)
-    if repeated:
-        metrics["held_out_splits"] = repeated
+    metrics["held_out_splits"] = per_split
     metrics["selection_latency_ms_30"] = selection_latency_ms(loaded)
     metrics["onnx_bytes"] = onnx_path.stat().st_size
     return metrics
@@ -905,16 +940,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         args.data, args.out, test_frac=args.test_frac, seed=args.seed, use_all=args.all, splits=args.splits,
         include_interpreted=args.include_interpreted, target_gpu=args.target_gpu, **params,
     )  # fmt: skip
-    print(f"wrote {args.out} ({'refitted on all groups' if args.all else 'fitted on the train split'}); "
-          f"held-out metrics (split seed {args.seed}):")  # fmt: skip
+    rep = metrics["held_out_splits"]
+    seeds = rep["seeds"]
+    fitted = "refitted on all groups" if args.all else f"fitted on the train split of seed {seeds[0]}"
+    print(f"wrote {args.out} ({fitted}); held-out metrics over {len(seeds)} split(s), seeds {seeds[0]}..{seeds[-1]}:")
     print(format_metrics(metrics))
-    rep = metrics.get("held_out_splits")
-    if rep:
+    if len(seeds) > 1:
         for key in ("geomean_regret", "r2_log_time"):
             if key in rep:
                 v = rep[key]
-                print(f"  {key} over {len(rep['seeds'])} splits: mean {v['mean']:.4f} (min {v['min']:.4f},"
-                      f" max {v['max']:.4f})")  # fmt: skip
+                per_seed = " ".join(f"{x:.4f}" for x in v["per_seed"])
+                print(f"  {key} per split: {per_seed} (min {v['min']:.4f}, max {v['max']:.4f})")
     return 0
 
 
@@ -942,8 +978,10 @@ def add_cli(subparsers) -> None:
         help="after the held-out evaluation, refit on all the data and export that (default); --no-all exports"
         " the forest fitted on the train split, which the metrics then describe exactly",
     )  # fmt: skip
-    p.add_argument("--splits", type=int, default=3,
-                   help="held-out evaluation over this many grouped splits (seeds seed, seed+1, ...)")  # fmt: skip
+    p.add_argument(
+        "--splits", type=int, default=5,
+        help="held-out evaluation over this many grouped splits (seeds seed, seed+1, ...), combined",
+    )  # fmt: skip
     p.add_argument("--n-estimators", type=int, default=None, help=f"default {DEFAULT_PARAMS['n_estimators']}")
     p.add_argument("--max-leaf-nodes", type=int, default=None, help=f"default {DEFAULT_PARAMS['max_leaf_nodes']}")
     p.add_argument("--include-interpreted", action="store_true", help="keep interpreter rows (tests only)")
@@ -969,6 +1007,7 @@ __all__ = [
     "evaluate",
     "export",
     "fit",
+    "combine_splits",
     "grouped_split",
     "held_out_metrics",
     "split_for_target",

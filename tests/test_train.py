@@ -370,19 +370,23 @@ def test_train_refits_on_all_and_repeats_splits(tmp_path, capsys):
     write_tuning_csv(csv_a, a100)
     out = tmp_path / "model"
     assert cli_main(["train", "--data", str(csv_h), str(csv_a), "--out", str(out), "--n-estimators", "4"]) == 0
-    assert "over 3 splits" in capsys.readouterr().out
+    assert "over 5 split(s), seeds 0..4" in capsys.readouterr().out
     meta = json.loads((out / "model.json").read_text())
     assert meta["device"]["short_name"] == "h100" and meta["split"]["target_gpu"] == "h100"
     assert meta["split"]["trained_on"] == "all" and meta["n_train_groups"] == 50
-    rep = meta["metrics"]["held_out_splits"]
-    assert rep["seeds"] == [0, 1, 2] and len(rep["geomean_regret"]["per_seed"]) == 3
+    rep, held = meta["metrics"]["held_out_splits"], meta["metrics"]["held_out"]
+    assert rep["seeds"] == [0, 1, 2, 3, 4] and held["n_splits"] == 5
+    # held_out combines the splits: regrets by geometric mean, max by max, the rest by mean
     g = rep["geomean_regret"]
-    assert g["min"] <= g["mean"] <= g["max"] and g["per_seed"][0] == meta["metrics"]["held_out"]["geomean_regret"]
+    assert g["min"] <= held["geomean_regret"] <= g["max"]
+    assert held["geomean_regret"] == pytest.approx(np.exp(np.mean(np.log(g["per_seed"]))))
+    assert held["max_regret"] == max(rep["max_regret"]["per_seed"])
+    assert held["r2_log_time"] == pytest.approx(rep["r2_log_time"]["mean"])
     # the A100 file first: an A100 model
     args = ["train", "--data", str(csv_a), str(csv_h), "--out", str(out), "--n-estimators", "4", "--splits", "1"]
     assert cli_main(args) == 0
     meta = json.loads((out / "model.json").read_text())
-    assert meta["device"]["short_name"] == "a100" and "held_out_splits" not in meta["metrics"]
+    assert meta["device"]["short_name"] == "a100" and meta["metrics"]["held_out"]["n_splits"] == 1
     args = ["train", "--data", str(csv_h), "--out", str(out), "--n-estimators", "4", "--splits", "1", "--no-all"]
     assert cli_main(args) == 0
     meta = json.loads((out / "model.json").read_text())
@@ -424,3 +428,19 @@ def test_eval_and_report_take_a_shipped_model_by_name(tmp_path, capsys):
     assert cli_main(["report", "--model", "a100", "--data", str(csv_path), "--out", str(tmp_path / "r")]) == 0
     with pytest.raises(ValueError, match="not found"):
         cli_main(["eval", "--model", "no-such-model", "--data", str(csv_path)])
+
+
+def test_combine_splits():
+    a = {"geomean_regret": 1.1, "max_regret": 2.0, "r2_log_time": 0.9, "n_shapes": 10, "name": "x",
+         "regret_by_size": [{"log2_mnk": [30, 36], "n": 2, "geomean_regret": 1.21}]}  # fmt: skip
+    b = {"geomean_regret": 1.0, "max_regret": 1.5, "r2_log_time": 1.0, "n_shapes": 11, "name": "y",
+         "regret_by_size": [{"log2_mnk": [30, 36], "n": 1, "geomean_regret": 1.0},
+                            {"log2_mnk": [36, 42], "n": 3, "geomean_regret": 1.5}]}  # fmt: skip
+    c = train.combine_splits([a, b])
+    assert c["geomean_regret"] == pytest.approx(math.sqrt(1.1)) and c["max_regret"] == 2.0
+    assert c["r2_log_time"] == pytest.approx(0.95) and c["n_shapes"] == 10 and c["name"] == "x" and c["n_splits"] == 2
+    assert c["regret_by_size"] == [
+        {"log2_mnk": [30, 36], "n": 3, "geomean_regret": pytest.approx(1.21 ** (2 / 3))},
+        {"log2_mnk": [36, 42], "n": 3, "geomean_regret": 1.5},
+    ]
+    assert train.combine_splits([a]) == {**a, "n_splits": 1}
