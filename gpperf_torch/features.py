@@ -129,7 +129,7 @@ class _ConfigPart(NamedTuple):
     acc_regs: np.ndarray
     split_mask: np.ndarray  # split_k > 1
     split_out: np.ndarray  # bytes per output element written and re-read by the split-K reduction
-    warpgroup_ok: np.ndarray  # num_warps % 4 == 0 and block_m % 64 == 0: Triton may emit wgmma
+    wgmma_kind: np.ndarray  # mma_kind where the problem allows wgmma: 3 if num_warps % 4 == 0 and block_m % 64 == 0
 
 
 def _config_part(cfg: np.ndarray) -> _ConfigPart:
@@ -159,7 +159,7 @@ def _config_part(cfg: np.ndarray) -> _ConfigPart:
         split_mask=sk > 1,
         # Split-K writes fp32 partial sums that a second pass reads back: 4 B out + 4 B in per split.
         split_out=8.0 * sk,
-        warpgroup_ok=(np.mod(nw, 4) == 0) & (np.mod(bm, 64) == 0),
+        wgmma_kind=np.where((np.mod(nw, 4) == 0) & (np.mod(bm, 64) == 0), 3.0, 2.0),
     )
 
 
@@ -191,9 +191,12 @@ def _features(m, n, k, esize, is_bf16, tf32, a_trans, b_trans, part: _ConfigPart
     min_bytes = esize * (m * k + k * n + mn)
     if np.ndim(m) == 0 and np.ndim(sm) == 0:
         # One shape (selection): the problem and device columns are constants, written in one call each.
+        # mma_kind's problem part (see FEATURE_NAMES): whether tensor cores, and wgmma, are possible at all.
+        tensor = esize < 4 or bool(tf32)
+        wgmma_possible = cap >= 9.0 and (esize < 4 or (a_trans == 0 and b_trans == 1))
         logs = np.log2(np.array([m, n, k, flops / min_bytes, flops / (sm * clk), min_bytes / (bw * 1e3)]))
         out[0:13] = np.array([
-            logs[0], logs[1], logs[2], esize, is_bf16, tf32, float(esize < 4 or bool(tf32)), a_trans, b_trans,
+            logs[0], logs[1], logs[2], esize, is_bf16, tf32, float(tensor), a_trans, b_trans,
             float(esize == 4 and bool(tf32)) * (a_trans + 1 - b_trans), logs[3], logs[4], logs[5],
         ])[:, None]  # fmt: skip
         out[36:42] = np.array([sm, smem_dev / 1024.0, clk, mclk, bw, cap])[:, None]
@@ -204,7 +207,9 @@ def _features(m, n, k, esize, is_bf16, tf32, a_trans, b_trans, part: _ConfigPart
         out[3] = esize
         out[4] = is_bf16
         out[5] = tf32
-        out[6] = np.logical_or(esize < 4, tf32)
+        tensor = np.logical_or(esize < 4, tf32)
+        wgmma_possible = (cap >= 9.0) & ((esize < 4) | ((np.asarray(a_trans) == 0) & (np.asarray(b_trans) == 1)))
+        out[6] = tensor
         out[7] = a_trans
         out[8] = b_trans
         out[9] = np.logical_and(esize == 4, tf32) * (a_trans + 1 - b_trans)
@@ -239,15 +244,10 @@ def _features(m, n, k, esize, is_bf16, tf32, a_trans, b_trans, part: _ConfigPart
     traffic = esize * (m * k * tiles[1] + k * n * tiles[0]) + out_bytes
     out[33] = np.log2(traffic / (bw * 1e3))
     out[34] = np.log2(waves * part.work2 * tiles[2] / clk)
-    # mma_kind (see FEATURE_NAMES): the problem decides whether tensor cores and wgmma are possible at all.
-    tensor = np.logical_or(esize < 4, tf32)
-    wgmma_possible = np.logical_and(
-        np.greater_equal(cap, 9.0), np.logical_or(esize < 4, np.logical_and(np.equal(a_trans, 0), np.equal(b_trans, 1)))
-    )
-    if np.ndim(tensor) == 0:  # one shape: two scalars pick one of three constant rows
-        out[35] = (np.where(part.warpgroup_ok, 3.0, 2.0) if wgmma_possible else 2.0) if tensor else 0.0
+    if np.ndim(tensor) == 0:  # one shape: the problem picks one of three rows
+        out[35] = (part.wgmma_kind if wgmma_possible else 2.0) if tensor else 0.0
     else:
-        out[35] = np.where(tensor, np.where(wgmma_possible & part.warpgroup_ok, 3.0, 2.0), 0.0)
+        out[35] = np.where(tensor, np.where(wgmma_possible, part.wgmma_kind, 2.0), 0.0)
     if part.any_torch:
         out[_CONFIG_COLS, part.is_torch] = 0.0
     return np.ascontiguousarray(out.T, dtype=np.float32)

@@ -204,9 +204,8 @@ def load_cli_model(arg: str) -> Predictor:
     """The model a command line names: a directory / `<name>[.onnx|.json]` path, else a shipped model's short name
     ("h100", "a100")."""
     onnx_path, json_path = model_paths(arg)
-    if not (onnx_path.is_file() or json_path.is_file()) and shipped_model(arg) is not None:
-        return Predictor.load(shipped_model(arg))
-    return Predictor.load(arg)
+    shipped = None if onnx_path.is_file() or json_path.is_file() else shipped_model(arg)
+    return Predictor.load(shipped or arg)
 
 
 def list_shipped() -> list[str]:

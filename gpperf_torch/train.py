@@ -848,16 +848,17 @@ def combine_splits(runs: list[dict]) -> dict:
 
 def held_out_metrics(
     table: Table, *, test_frac: float = 0.3, seeds=(0,), target_gpu: str | None = None, **fit_kw
-) -> tuple[dict, dict]:
+) -> tuple[dict, dict, Fitted]:
     """Fit on the train side of each seed's grouped split and evaluate on its held-out groups.
 
-    Returns the metrics combined over the seeds (combine_splits; with one seed, that split's) and a per-split
-    summary {"seeds": [...], key: {mean, min, max, per_seed}} for REPEAT_KEYS.
+    Returns the metrics combined over the seeds (combine_splits; with one seed, that split's), a per-split
+    summary {"seeds": [...], key: {mean, min, max, per_seed}} for REPEAT_KEYS, and the first seed's model.
     """
-    runs = []
+    runs, first_model = [], None
     for s in seeds:
         train_rows, test_rows = split_for_target(table, test_frac=test_frac, seed=s, target_gpu=target_gpu)
         model = fit(table, rows=train_rows, seed=s, target_gpu=target_gpu, **fit_kw)
+        first_model = model if first_model is None else first_model
         metrics = evaluate(model, table.subset(test_rows))
         metrics.pop("selection_latency_ms_30", None)
         runs.append(metrics)
@@ -867,7 +868,7 @@ def held_out_metrics(
         if len(vals) == len(runs):
             summary[key] = {"mean": float(np.mean(vals)), "min": float(np.min(vals)), "max": float(np.max(vals)),
                             "per_seed": [float(v) for v in vals]}  # fmt: skip
-    return combine_splits(runs), summary
+    return combine_splits(runs), summary, first_model
 
 
 def train_and_export(
@@ -886,19 +887,17 @@ def train_and_export(
     if splits < 1:
         raise ValueError(f"splits must be >= 1, got {splits}")
     table = dataset.load_table(paths, include_interpreted=include_interpreted)
-    gpus = sorted({short_name_of(g) for g in table["gpu"].astype(str).tolist()})
+    gpus = sorted({short_name_of(g) for g in np.unique(table["gpu"].astype(str)).tolist()})
     if target_gpu is None and len(gpus) > 1:
         # Data from several GPUs: the model is for the first file's GPU (rows keep the files' order).
         target_gpu = short_name_of(str(table["gpu"][0]))
         logger.info("data from GPUs %s: training a model for %s (the first file's; --target-gpu picks another)",
                     gpus, target_gpu)  # fmt: skip
     seeds = tuple(range(seed, seed + splits))
-    metrics, per_split = held_out_metrics(table, test_frac=test_frac, seeds=seeds, target_gpu=target_gpu, **params)
-    if use_all:
-        model = fit(table, seed=seed, target_gpu=target_gpu, **params)
-    else:
-        train_rows, _ = split_for_target(table, test_frac=test_frac, seed=seed, target_gpu=target_gpu)
-        model = fit(table, rows=train_rows, seed=seed, target_gpu=target_gpu, **params)
+    metrics, per_split, split_model = held_out_metrics(
+        table, test_frac=test_frac, seeds=seeds, target_gpu=target_gpu, **params
+    )
+    model = fit(table, seed=seed, target_gpu=target_gpu, **params) if use_all else split_model
     target_note = f"; target GPU {target_gpu}, all rows of other GPUs train" if target_gpu else ""
     of_target = f" of the {target_gpu} groups" if target_gpu else ""
     meta = {

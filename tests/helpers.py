@@ -5,9 +5,21 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
+from gpperf_torch import kernels
 from gpperf_torch.kernels import TileConfig
+
+# Where kernel and op tests run: the Triton interpreter on the CPU, and a GPU when there is one.
+DEVICES = [
+    pytest.param(
+        "cpu",
+        id="interp",
+        marks=pytest.mark.skipif(not kernels.interpreting(), reason="CPU runs need TRITON_INTERPRET=1"),
+    ),
+    pytest.param("cuda", id="cuda", marks=pytest.mark.cuda),
+]
 
 # rtol covers rounding of the output to the dtype; atol covers fp32 accumulation, growing like sqrt(K)
 # for random inputs (TF32 on GPU rounds the inputs to 10 mantissa bits: same order as fp16).

@@ -9,19 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gpperf_torch import kernels
 from gpperf_torch.kernels import TileConfig, launch
 
-from helpers import assert_close_to_reference, randn, tolerances
+from helpers import DEVICES, assert_close_to_reference, randn, tolerances
 
-DEVICES = [
-    pytest.param(
-        "cpu",
-        id="interp",
-        marks=pytest.mark.skipif(not kernels.interpreting(), reason="CPU runs need TRITON_INTERPRET=1"),
-    ),
-    pytest.param("cuda", id="cuda", marks=pytest.mark.cuda),
-]
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 # Small tiles keep the interpreter fast; the cuda runs also take the big tiles below.
 CONFIGS = [

@@ -8,16 +8,8 @@ import torch
 import gpperf_torch as gp
 from gpperf_torch import TileConfig, kernels
 
-from helpers import assert_close_to_reference, randn
+from helpers import DEVICES, assert_close_to_reference, randn
 
-DEVICES = [
-    pytest.param(
-        "cpu",
-        id="interp",
-        marks=pytest.mark.skipif(not kernels.interpreting(), reason="CPU runs need TRITON_INTERPRET=1"),
-    ),
-    pytest.param("cuda", id="cuda", marks=pytest.mark.cuda),
-]
 SMALL = TileConfig(16, 32, 32)  # keeps the interpreter quick; selection is tested without a forced config too
 
 
