@@ -78,6 +78,7 @@ COLUMNS = (
     "interpreted",  # 1 when measured through the Triton interpreter (wall clock, not GPU numbers)
     "run_id",
     "timestamp",
+    "worker",  # host/device that measured the row, e.g. node3/cuda:1 (last: files from before it still resume)
 )
 
 STATUSES = ("ok", "compile_error", "out_of_resources", "invalid", "oom", "error")

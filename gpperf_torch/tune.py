@@ -16,13 +16,10 @@ import random
 import sys
 import time
 import types
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import measure
-from .device import KNOWN_DEVICES, DeviceInfo
 from .shapes import Shape
 
 # The parts live in gpperf_torch.tuning; their names are re-exported here, where callers have always found them.
@@ -35,7 +32,10 @@ from .tuning.local import (
     _over_budget,
     _Run,
     _visit,
+    base_row_of,
     classify_error,
+    new_run_id,
+    open_bench,
     run_local,
 )
 from .tuning.plan import (
@@ -48,8 +48,10 @@ from .tuning.plan import (
     _problems,
     _resolve_shapes,
     _seed_of,
+    config_space,
     normalize_dtype,
     order_work,
+    plan_items,
     read_configs,
     sample_configs,
     variant_of,
@@ -57,7 +59,14 @@ from .tuning.plan import (
 from .tuning.precompile import Precompiler, _warm_worker
 from .tuning.progress import _Progress
 from .tuning.runtime import NO_CUDA_MESSAGE, InterpreterSetupError, NoCudaError, _ensure_interpreter
-from .tuning.writer import LOCK_SUFFIX, DatasetLockedError, DatasetWriter, _fmt, _item_key, repair_torn_tail
+from .tuning.writer import (
+    LOCK_SUFFIX,
+    DatasetLockedError,
+    DatasetWriter,
+    _fmt,
+    pending_work,
+    repair_torn_tail,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -112,11 +121,10 @@ def tune(
 
     _ensure_interpreter(interpret)
     import torch
-    import triton
 
     if not interpret and not torch.cuda.is_available():
         raise NoCudaError(NO_CUDA_MESSAGE)
-    from .kernels import TileConfig, candidate_space, elem_size
+    from .kernels import TileConfig
 
     if interpret:
         too_big = [s for s in shape_list if s[0] * s[1] * s[2] > INTERPRET_MAX_MNK]
@@ -137,80 +145,30 @@ def tune(
         rng = random.Random(_seed_of(seed, "max_shapes"))
         shape_list = rng.sample(shape_list, min(max_shapes, len(shape_list)))
 
-    # Device and provenance.
-    if interpret:
-        info: DeviceInfo = KNOWN_DEVICES["h100"]  # validity limits; the rows say interpreted=1
-        gpu_name, dev = f"interpreter ({info.short_name} limits)", "cpu"
-        meter: Any = measure.NullEnergyMeter("Triton interpreter: no GPU to measure energy on")
-        timer: Any = measure.WallTimer()
-        min_reps, max_reps = 2, 50
-        driver = ""
-    else:
-        from .device import current_device
-
-        info = current_device()
-        gpu_name, dev = info.name, "cuda"
-        meter = measure.open_energy_meter(torch.cuda.current_device()) if energy_fraction > 0 else None
-        if meter is None:
-            meter = measure.NullEnergyMeter("energy disabled (energy_fraction=0)")
-        timer = measure.CudaEventTimer()
-        min_reps, max_reps = 10, 1000
-        driver = measure.driver_version()
-    summary = TuneSummary(out=str(out), interpreted=interpret, energy_available=bool(meter.available))
-    summary.energy_reason = meter.reason
-    if energy_fraction > 0:
-        meter.warn_if_unavailable()  # once per run; rows then skip the meter
-
-    base_row = {
-        "gpu": gpu_name,
-        "capability": f"{info.capability[0]}.{info.capability[1]}",
-        "sm_count": info.sm_count,
-        "max_shared_memory": info.max_shared_memory,
-        "l2_bytes": info.l2_bytes,
-        "sm_clock_max_mhz": info.sm_clock_mhz,
-        "mem_clock_max_mhz": info.mem_clock_mhz,
-        "mem_bandwidth_gbs": info.mem_bandwidth_gbs,
-        "driver": driver,
-        "cuda": torch.version.cuda or "",
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "interpreted": int(interpret),
-        "run_id": uuid.uuid4().hex[:12],
-    }
-
-    # Configs per dtype: the candidate space filtered for this device, or the given list as is (so an
-    # invalid one is recorded as such).
     given = list(configs) if configs is not None else (read_configs(configs_file) if configs_file else None)
     if given is not None:
         given = [c if isinstance(c, TileConfig) else TileConfig.from_key(str(c)) for c in given]
-    space = {
-        dt: given
-        if given is not None
-        else candidate_space(elem_size=elem_size(dt), max_shared_memory=info.max_shared_memory)
-        for dt in dtypes
-    }
+    problems = _problems(shape_list, dtypes, layouts, tf32)
+
+    bench = open_bench(interpret, energy_fraction)
+    info, gpu_name, dev, meter, timer = bench.info, bench.gpu_name, bench.dev, bench.meter, bench.timer
+    summary = TuneSummary(out=str(out), interpreted=interpret, energy_available=bool(meter.available))
+    summary.energy_reason = meter.reason
+    summary.shapes, summary.problems = len(shape_list), len(problems)
+    if energy_fraction > 0:
+        meter.warn_if_unavailable()  # once per run; rows then skip the meter
+    base_row = base_row_of(bench, new_run_id())
+    space = config_space(dtypes, given, info.max_shared_memory)
 
     writer = DatasetWriter(out)
     summary.repaired_bytes = writer.repaired_bytes
     pool: Precompiler | None = None
     progress = None
     try:
-        problems = _problems(shape_list, dtypes, layouts, tf32)
-        summary.shapes, summary.problems = len(shape_list), len(problems)
-        per_problem: dict[Problem, list[WorkItem]] = {}
-        for p in problems:
-            pkey = tuple(str(x) for x in (gpu_name, p.m, p.n, p.k, p.dtype, p.a_trans, p.b_trans, p.tf32))
-            items = [WorkItem(p, None)] if torch_baseline else []
-            items += [WorkItem(p, c) for c in sample_configs(space[p.dtype], configs_per_shape, seed=seed, key=p)]
-            total = len(items)
-            if pkey in writer.oom_problems:
-                items = []
-            else:
-                items = [it for it in items if _item_key(gpu_name, it) not in writer.existing]
-            summary.rows_skipped += total - len(items)
-            if items:
-                per_problem[p] = items
-        work = order_work(per_problem, chunk=chunk, seed=seed)
+        planned = plan_items(
+            problems, space, torch_baseline=torch_baseline, configs_per_shape=configs_per_shape, seed=seed
+        )
+        work, summary.rows_skipped = pending_work(writer, gpu_name, planned, chunk=chunk, seed=seed)
         if summary.rows_skipped:
             logger.info("%s: %d rows already present, %d to measure", out, summary.rows_skipped, len(work))
 
@@ -244,13 +202,13 @@ def tune(
             energy_window_s=energy_window_s,
             idle_power=idle_power,
             time_budget_ms=time_budget_ms,
-            min_reps=min_reps,
-            max_reps=max_reps,
+            min_reps=bench.min_reps,
+            max_reps=bench.max_reps,
             rotate_bytes=rotate_bytes,
             seed=seed,
             progress=progress,
             out_of_time=out_of_time,
-            batch_runner=measure.wall_batch_runner if interpret else measure.cuda_batch_runner,
+            batch_runner=bench.batch_runner,
         )
         run_local(work, run)
         summary.rows_remaining = len(work) - summary.rows_written

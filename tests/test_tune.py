@@ -238,3 +238,22 @@ def test_shapes_presets_and_files(tmp_path):
     f.write_text("1 2\n")
     with pytest.raises(ValueError, match="not 'M N K'"):
         read_shapes(f)
+
+
+def test_file_from_before_the_worker_column_resumes_in_its_layout(tmp_path):
+    from gpperf_torch import dataset
+
+    out = tmp_path / "old.csv"
+    shapes = [(16, 16, 16), (32, 16, 16)]
+    tune_mod.tune(out, shapes=shapes[:1], configs=CONFIGS[:1], **FAST)
+    with open(out, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][-1] == "worker" and all(r[-1] for r in rows[1:])  # host/device of the measuring process
+    with open(out, "w", newline="") as f:  # the same rows as an older version wrote them
+        csv.writer(f, lineterminator="\n").writerows(r[:-1] for r in rows)
+    s = tune_mod.tune(out, shapes=shapes, configs=CONFIGS[:1], **FAST)
+    assert (s.rows_skipped, s.rows_written) == (2, 2)
+    with open(out, newline="") as f:
+        again = list(csv.reader(f))
+    assert again[0] == list(COLUMNS[:-1]) and all(len(r) == len(COLUMNS) - 1 for r in again)
+    assert len(dataset.load_table(out, include_interpreted=True)) == 4

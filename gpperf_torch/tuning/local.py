@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -26,6 +28,98 @@ logger = logging.getLogger(__name__)
 # small shape is not timed with its operands already in L2.
 DEFAULT_ROTATE_BYTES = 2 * max(d.l2_bytes for d in KNOWN_DEVICES.values())
 MAX_INPUT_SETS = 512
+
+
+@dataclass
+class Bench:
+    """What one measuring process measures on and with: the device, its timer and energy meter, provenance.
+
+    The local executor opens one in the tuning process; each Ray worker opens its own on its own GPU.
+    """
+
+    info: DeviceInfo
+    gpu_name: str  # the `gpu` column: the driver's device name, or the interpreter's label
+    dev: str  # torch device: "cuda" or "cpu" (interpreter)
+    meter: Any
+    timer: Any
+    min_reps: int
+    max_reps: int
+    driver: str
+    interpret: bool
+    worker: str  # the `worker` column: host and device index, e.g. "node3/cuda:1"
+
+    @property
+    def batch_runner(self) -> Callable[..., tuple[Callable[[], int], Callable[[], None]]]:
+        return measure.wall_batch_runner if self.interpret else measure.cuda_batch_runner
+
+
+def open_bench(interpret: bool, energy_fraction: float, *, worker: str | None = None) -> Bench:
+    """The device this process measures on (CUDA's current device, or the interpreter on the CPU)."""
+    host = socket.gethostname()
+    if interpret:
+        info: DeviceInfo = KNOWN_DEVICES["h100"]  # validity limits; the rows say interpreted=1
+        return Bench(
+            info=info,
+            gpu_name=f"interpreter ({info.short_name} limits)",
+            dev="cpu",
+            meter=measure.NullEnergyMeter("Triton interpreter: no GPU to measure energy on"),
+            timer=measure.WallTimer(),
+            min_reps=2,
+            max_reps=50,
+            driver="",
+            interpret=True,
+            worker=worker or f"{host}/cpu",
+        )
+    import torch
+
+    from ..device import current_device
+
+    info = current_device()
+    index = torch.cuda.current_device()
+    meter = measure.open_energy_meter(index) if energy_fraction > 0 else None
+    if meter is None:
+        meter = measure.NullEnergyMeter("energy disabled (energy_fraction=0)")
+    return Bench(
+        info=info,
+        gpu_name=info.name,
+        dev="cuda",
+        meter=meter,
+        timer=measure.CudaEventTimer(),
+        min_reps=10,
+        max_reps=1000,
+        driver=measure.driver_version(),
+        interpret=False,
+        worker=worker or f"{host}/cuda:{index}",
+    )
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def base_row_of(bench: Bench, run_id: str) -> dict[str, Any]:
+    """The columns every row measured on `bench` shares: device descriptor and provenance."""
+    import torch
+    import triton
+
+    info = bench.info
+    return {
+        "gpu": bench.gpu_name,
+        "capability": f"{info.capability[0]}.{info.capability[1]}",
+        "sm_count": info.sm_count,
+        "max_shared_memory": info.max_shared_memory,
+        "l2_bytes": info.l2_bytes,
+        "sm_clock_max_mhz": info.sm_clock_mhz,
+        "mem_clock_max_mhz": info.mem_clock_mhz,
+        "mem_bandwidth_gbs": info.mem_bandwidth_gbs,
+        "driver": bench.driver,
+        "cuda": torch.version.cuda or "",
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "interpreted": int(bench.interpret),
+        "run_id": run_id,
+        "worker": bench.worker,
+    }
 
 
 # ---- failures -------------------------------------------------------------------------------------

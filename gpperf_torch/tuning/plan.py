@@ -212,3 +212,33 @@ def _resolve_shapes(
     if not out:
         raise ValueError("shapes=[] names no shapes")
     return out
+
+
+def config_space(dtypes: Sequence[str], given: Sequence[Any] | None, max_shared_memory: int) -> dict[str, list[Any]]:
+    """Configs per dtype: the candidate space filtered for a device, or the given list as is (so an invalid one
+    is recorded as such)."""
+    from ..kernels import candidate_space, elem_size
+
+    return {
+        dt: list(given)
+        if given is not None
+        else candidate_space(elem_size=elem_size(dt), max_shared_memory=max_shared_memory)
+        for dt in dtypes
+    }
+
+
+def plan_items(
+    problems: Sequence[Problem],
+    space: dict[str, list[Any]],
+    *,
+    torch_baseline: bool,
+    configs_per_shape: int | None,
+    seed: int,
+) -> dict[Problem, list[WorkItem]]:
+    """Every problem's items, the torch.matmul baseline first, then its (sampled) configs."""
+    out = {}
+    for p in problems:
+        items = [WorkItem(p, None)] if torch_baseline else []
+        items += [WorkItem(p, c) for c in sample_configs(space[p.dtype], configs_per_shape, seed=seed, key=p)]
+        out[p] = items
+    return out

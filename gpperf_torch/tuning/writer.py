@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from ..dataset import COLUMNS, KEY_COLUMNS
-from .plan import WorkItem
+from .plan import Problem, WorkItem, order_work
 
 logger = logging.getLogger(__name__)
 
 ERROR_TEXT_MAX = 400
 LOCK_SUFFIX = ".lock"
+# Files written before the `worker` column (the last one) was added: resumed in their own layout.
+COLUMNS_BEFORE_WORKER = COLUMNS[: COLUMNS.index("worker")]
 
 
 class DatasetLockedError(RuntimeError):
@@ -89,6 +91,7 @@ class DatasetWriter:
                 f"wait for that run to finish, or pass a different --out"
             ) from None
         try:
+            self.columns: tuple[str, ...] = COLUMNS  # what the file's header names: COLUMNS or an older prefix
             self.repaired_bytes = repair_torn_tail(self.path)
             self.existing: set[tuple[str, ...]] = set()
             self.oom_problems: set[tuple[str, ...]] = set()
@@ -110,7 +113,9 @@ class DatasetWriter:
         with open(self.path, newline="") as f:
             reader = csv.reader(f)
             header = next(reader, None)
-            if header != list(COLUMNS):
+            if header == list(COLUMNS_BEFORE_WORKER):  # an older file: keep writing its layout
+                self.columns = COLUMNS_BEFORE_WORKER
+            elif header != list(COLUMNS):
                 raise ValueError(
                     f"{self.path} exists with other columns than this version writes "
                     f"(first line {','.join(header or [])[:120]!r}...); pass a new --out or move the old file"
@@ -119,7 +124,7 @@ class DatasetWriter:
             status = COLUMNS.index("status")
             bad = 0
             for row in reader:
-                if len(row) != len(COLUMNS):
+                if len(row) != len(self.columns):
                     bad += 1
                     continue
                 self.existing.add(_key(row))
@@ -130,7 +135,7 @@ class DatasetWriter:
         return True
 
     def write(self, row: dict[str, Any]) -> None:
-        values = [_fmt(row.get(c)) for c in COLUMNS]
+        values = [_fmt(row.get(c)) for c in self.columns]
         self._w.writerow(values)
         self._f.flush()
         self.existing.add(_key(values))
@@ -182,3 +187,24 @@ def _item_key(gpu: str, it: WorkItem) -> tuple[str, ...]:
         "config": "" if it.cfg is None else it.cfg.key,
     }
     return tuple(_fmt(vals[c]) for c in KEY_COLUMNS)
+
+
+def pending_work(
+    writer: DatasetWriter, gpu: str, planned: dict[Problem, list[WorkItem]], *, chunk: int, seed: int
+) -> tuple[list[WorkItem], int]:
+    """Resume: the planned items on `gpu` not yet in the file, in sweep order, and how many were skipped.
+
+    A problem with an `oom` row is skipped whole (its inputs did not fit on that GPU).
+    """
+    skipped = 0
+    per_problem: dict[Problem, list[WorkItem]] = {}
+    for p, planned_items in planned.items():
+        pkey = tuple(str(x) for x in (gpu, p.m, p.n, p.k, p.dtype, p.a_trans, p.b_trans, p.tf32))
+        if pkey in writer.oom_problems:
+            items = []
+        else:
+            items = [it for it in planned_items if _item_key(gpu, it) not in writer.existing]
+        skipped += len(planned_items) - len(items)
+        if items:
+            per_problem[p] = items
+    return order_work(per_problem, chunk=chunk, seed=seed), skipped
