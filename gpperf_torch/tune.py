@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .device import DeviceInfo
 from .shapes import Shape
 
 # The parts live in gpperf_torch.tuning; their names are re-exported here, where callers have always found them.
@@ -58,6 +59,14 @@ from .tuning.plan import (
 )
 from .tuning.precompile import Precompiler, _warm_worker
 from .tuning.progress import _Progress
+from .tuning.ray_exec import (
+    DEFAULT_RETRIES,
+    RAY_MISSING_MESSAGE,
+    RayUnavailableError,
+    import_ray,
+    ray_session,
+    run_on_ray,
+)
 from .tuning.runtime import NO_CUDA_MESSAGE, InterpreterSetupError, NoCudaError, _ensure_interpreter
 from .tuning.writer import (
     LOCK_SUFFIX,
@@ -97,6 +106,9 @@ def tune(
     interpret: bool = False,
     quiet: bool = False,
     rotate_bytes: int = DEFAULT_ROTATE_BYTES,
+    ray: str | None = None,
+    ray_workers: int | None = None,
+    ray_retries: int = DEFAULT_RETRIES,
 ) -> TuneSummary:
     """Measure every (shape, dtype, layout, config) not yet in `out` and append one row each.
 
@@ -105,6 +117,11 @@ def tune(
     `energy_fraction` of rows (chosen by a hash of the row key, so a rerun agrees) get an NVML energy window
     of `energy_window_s`; 0 disables energy. Stops cleanly after `budget_s`. Raises NoCudaError without a GPU
     unless `interpret` (tiny shapes through the Triton interpreter).
+
+    `ray`: run on a Ray cluster instead (an address, ``"auto"``, or ``"local"`` to start a local runtime), one
+    worker per GPU (`ray_workers` of them, default every GPU of the cluster; with `interpret`, that many CPU
+    workers, default 1). A task lost with its worker is sent again up to `ray_retries` times, then recorded as
+    a failure row. See docs/cluster.md.
     """
     t_start = time.monotonic()
     if not 0.0 <= energy_fraction <= 1.0:
@@ -116,13 +133,23 @@ def tune(
     bad_layouts = [x for x in layouts if x not in LAYOUTS]
     if bad_layouts:
         raise ValueError(f"unknown layouts {bad_layouts}; use {', '.join(LAYOUTS)}")
+    if ray is None and ray_workers is not None:
+        raise ValueError(f"ray_workers={ray_workers} needs ray=ADDRESS ('local', 'auto' or a Ray address)")
+    if ray is not None:
+        if not isinstance(ray, str) or not ray.strip():
+            raise ValueError(f"ray must be a Ray address, 'auto' or 'local', got {ray!r}")
+        if ray_workers is not None and (not isinstance(ray_workers, int) or ray_workers < 1):
+            raise ValueError(f"ray_workers must be an integer >= 1, got {ray_workers!r}")
+        if not isinstance(ray_retries, int) or ray_retries < 0:
+            raise ValueError(f"ray_retries must be an integer >= 0, got {ray_retries!r}")
+        import_ray()  # a clear message naming the extra, before anything else happens
     dtypes = list(dict.fromkeys(normalize_dtype(d) for d in dtypes))
     shape_list = _resolve_shapes(preset, shapes, shapes_file, seed, random_count)
 
     _ensure_interpreter(interpret)
     import torch
 
-    if not interpret and not torch.cuda.is_available():
+    if not interpret and ray is None and not torch.cuda.is_available():
         raise NoCudaError(NO_CUDA_MESSAGE)
     from .kernels import TileConfig
 
@@ -149,6 +176,21 @@ def tune(
     if given is not None:
         given = [c if isinstance(c, TileConfig) else TileConfig.from_key(str(c)) for c in given]
     problems = _problems(shape_list, dtypes, layouts, tf32)
+    if ray is not None:
+        settings = dict(
+            interpret=interpret,
+            energy_fraction=energy_fraction,
+            energy_window_s=energy_window_s,
+            idle_s=idle_s,
+            time_budget_ms=time_budget_ms,
+            rotate_bytes=rotate_bytes,
+            seed=seed,
+        )
+        plan = dict(torch_baseline=torch_baseline, configs_per_shape=configs_per_shape, seed=seed, chunk=chunk)
+        return _tune_on_ray(
+            out, ray, ray_workers, ray_retries, problems, given, dtypes, len(shape_list), settings, plan,
+            budget_s=budget_s, t_start=t_start, quiet=quiet,
+        )  # fmt: skip
 
     bench = open_bench(interpret, energy_fraction)
     info, gpu_name, dev, meter, timer = bench.info, bench.gpu_name, bench.dev, bench.meter, bench.timer
@@ -223,6 +265,75 @@ def tune(
     return summary
 
 
+def _tune_on_ray(
+    out: str | Path,
+    address: str,
+    n_workers: int | None,
+    retries: int,
+    problems: list[Problem],
+    given: list[Any] | None,
+    dtypes: list[str],
+    n_shapes: int,
+    settings: dict[str, Any],
+    plan: dict[str, Any],
+    *,
+    budget_s: float | None,
+    t_start: float,
+    quiet: bool,
+) -> TuneSummary:
+    """The Ray executor beside the local one: the same plan, writer and resume, measured by Ray workers."""
+    interpret = settings["interpret"]
+    summary = TuneSummary(out=str(out), interpreted=interpret)
+    summary.shapes, summary.problems = n_shapes, len(problems)
+    summary.energy_reason = "no worker reported an energy meter"
+    writer = DatasetWriter(out)
+    summary.repaired_bytes = writer.repaired_bytes
+
+    def plan_for(gpu: str, info: DeviceInfo) -> list[WorkItem]:
+        space = config_space(dtypes, given, info.max_shared_memory)
+        planned = plan_items(
+            problems,
+            space,
+            torch_baseline=plan["torch_baseline"],
+            configs_per_shape=plan["configs_per_shape"],
+            seed=plan["seed"],
+        )
+        work, skipped = pending_work(writer, gpu, planned, chunk=plan["chunk"], seed=plan["seed"])
+        summary.rows_skipped += skipped
+        logger.info("%s: %s: %d rows already present, %d to measure", out, gpu, skipped, len(work))
+        return work
+
+    try:
+        workers = n_workers if n_workers is not None else (1 if interpret else None)
+        with ray_session(address, num_cpus=workers if interpret else None) as ray_mod:
+            if workers is None:
+                workers = int(ray_mod.cluster_resources().get("GPU", 0))
+                if workers < 1:
+                    raise NoCudaError(
+                        f"gpperf-torch tune: the Ray cluster at {address!r} has no GPUs; each worker holds one "
+                        f"(num_gpus=1). Add GPU nodes (ray start --address=...), or pass --interpret "
+                        f"--ray-workers N to run the interpreter on N CPU workers."
+                    )
+            run_on_ray(
+                ray=ray_mod,
+                writer=writer,
+                summary=summary,
+                plan_for=plan_for,
+                settings=settings,
+                n_workers=workers,
+                run_id=new_run_id(),
+                budget_s=budget_s,
+                t_start=t_start,
+                retries=retries,
+                quiet=quiet,
+            )
+    finally:
+        writer.close()
+    summary.elapsed_s = time.monotonic() - t_start
+    summary.rows_per_s = summary.rows_written / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
+    return summary
+
+
 __all__ = [
     "DEFAULT_ROTATE_BYTES",
     "DTYPE_ALIASES",
@@ -238,6 +349,8 @@ __all__ = [
     "NoCudaError",
     "Precompiler",
     "Problem",
+    "RAY_MISSING_MESSAGE",
+    "RayUnavailableError",
     "TuneSummary",
     "WorkItem",
     "add_cli",

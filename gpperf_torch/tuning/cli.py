@@ -10,6 +10,7 @@ from typing import Any
 
 from ..shapes import PRESETS
 from .plan import LAYOUTS
+from .ray_exec import RayUnavailableError
 from .runtime import InterpreterSetupError, NoCudaError, _interpret_env_set
 from .writer import DatasetLockedError
 
@@ -57,6 +58,26 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--max-shapes", type=int, metavar="N", help="measure a seeded sample of N shapes")
     p.add_argument("--interpret", action="store_true", help="no GPU: tiny shapes through the Triton interpreter")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    ray = p.add_argument_group("cluster (needs gpperf-torch[cluster]; see docs/cluster.md)")
+    ray.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run the sweep on a Ray cluster, one worker per GPU: a Ray address, 'auto', or 'local' (starts a "
+        "local Ray runtime); the CSV is written here only",
+    )
+    ray.add_argument(
+        "--ray-workers",
+        type=int,
+        metavar="N",
+        help="Ray workers (default: one per GPU of the cluster; with --interpret: N CPU workers, default 1)",
+    )
+    ray.add_argument(
+        "--ray-retries",
+        type=int,
+        default=2,
+        metavar="N",
+        help="times a task lost with its worker is sent again before it is written as failure rows (default 2)",
+    )
     p.set_defaults(func=run_cli)
 
 
@@ -92,11 +113,14 @@ def run_cli(args: argparse.Namespace) -> int:
             max_shapes=args.max_shapes,
             interpret=args.interpret,
             quiet=args.quiet,
+            ray=args.ray,
+            ray_workers=args.ray_workers,
+            ray_retries=args.ray_retries,
         )
     except NoCudaError as e:
         print(str(e), file=sys.stderr)
         return 2
-    except (DatasetLockedError, InterpreterSetupError, ValueError, TypeError) as e:
+    except (DatasetLockedError, InterpreterSetupError, RayUnavailableError, ValueError, TypeError) as e:
         print(f"gpperf-torch tune: {e}", file=sys.stderr)
         return 2 if not isinstance(e, DatasetLockedError) else 1
     except KeyboardInterrupt:
@@ -109,4 +133,8 @@ def run_cli(args: argparse.Namespace) -> int:
         f"{s.out}: wrote {s.rows_written} rows ({s.rows_failed} failed), skipped {s.rows_skipped} present, "
         f"{s.rows_remaining} left, {s.elapsed_s:.1f} s, {s.rows_per_s:.2f} rows/s, {energy}{stop}"
     )
+    for label, w in s.workers.items():
+        print(f"  worker {label} ({w['gpu']}): {w['rows']} rows, {w['rows_per_s']:.2f} rows/s while busy")
+    if s.workers_lost or s.tasks_retried:
+        print(f"  {s.workers_lost} workers lost, {s.tasks_retried} tasks sent again")
     return 0

@@ -75,6 +75,12 @@ class TuneSummary:
     problems: int = 0
     repaired_bytes: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
+    # Ray runs: per worker label {"gpu", "rows", "rows_per_s"}; tasks lost with a worker and sent again; workers
+    # lost (died, killed, node gone); rows a retried task returned that were already written (never rewritten).
+    workers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tasks_retried: int = 0
+    workers_lost: int = 0
+    rows_duplicate_dropped: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
