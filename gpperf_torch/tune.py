@@ -306,9 +306,13 @@ def _tune_on_ray(
     try:
         workers = n_workers if n_workers is not None else (1 if interpret else None)
         with ray_session(address, num_cpus=workers if interpret else None) as ray_mod:
-            if workers is None:
-                workers = int(ray_mod.cluster_resources().get("GPU", 0))
-                if workers < 1:
+            if not interpret:
+                gpus = int(ray_mod.cluster_resources().get("GPU", 0))
+                if workers is not None and workers > gpus:
+                    # A worker holds a whole GPU: extra ones would only wait for a GPU that never frees up.
+                    logger.warning("--ray-workers %d > %d GPUs on the cluster: starting %d", workers, gpus, gpus)
+                workers = min(workers, gpus) if workers is not None else gpus
+                if gpus < 1:
                     raise NoCudaError(
                         f"gpperf-torch tune: the Ray cluster at {address!r} has no GPUs; each worker holds one "
                         f"(num_gpus=1). Add GPU nodes (ray start --address=...), or pass --interpret "

@@ -248,3 +248,26 @@ def test_driver_process_group_sigkilled_then_resumed(ray, tmp_path):
     rows = read_rows(out)
     assert len(rows) == len(set(keys(rows))) == N_ROWS
     assert len({r["run_id"] for r in rows}) == 2  # the killed run's rows, then the resumed run's
+
+
+def test_budget_holds_for_the_whole_run_and_a_rerun_finishes(ray, tmp_path):
+    out = tmp_path / "budget.csv"
+    shapes = [(m, n, k) for m in (16, 32) for n in (16, 32) for k in (16, 32, 48)]
+    budget = 3.0  # Ray workers start in seconds: the budget includes that
+    opts = dict(FAST, time_budget_ms=20.0)
+    s = tune_mod.tune(out, shapes=shapes, configs=CONFIGS, ray="local", ray_workers=1, budget_s=budget, **opts)
+    assert s.elapsed_s < budget + 10.0  # a worker stops itself at the budget: at most a row or two later
+    rows = read_rows(out)
+    assert s.rows_written == len(rows) == len(set(keys(rows)))
+    assert s.budget_stopped or s.rows_written == len(shapes) * 4
+    rest = tune_mod.tune(out, shapes=shapes, configs=CONFIGS, ray="local", ray_workers=2, **opts)
+    assert rest.rows_skipped == s.rows_written and not rest.budget_stopped
+    rows = read_rows(out)
+    assert len(rows) == len(set(keys(rows))) == len(shapes) * 4
+
+
+def test_gpu_sweep_on_a_cluster_without_gpus_says_what_to_do(ray, tmp_path):
+    if ray.cluster_resources().get("GPU", 0):
+        pytest.skip("this Ray runtime has GPUs")
+    with pytest.raises(tune_mod.NoCudaError, match="has no GPUs.*--interpret --ray-workers N"):
+        tune_mod.tune(tmp_path / "g.csv", shapes=[(16, 16, 16)], ray="local", energy_fraction=0.0, quiet=True)

@@ -264,6 +264,7 @@ def run_on_ray(
     idle: list[_Worker] = []
     live: list[_Worker] = []
     joined_workers: list[_Worker] = []
+    start_errors: list[str] = []
     dropped = [0]  # items not measured because their problem's inputs did not fit (an oom row stands for them)
     next_rank = 0
     replacements = n_workers
@@ -404,6 +405,7 @@ def run_on_ray(
                     try:
                         joined(w, ray.get(ref))
                     except (RayActorError, RayTaskError) as e:
+                        start_errors.append(str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__)
                         logger.warning("Ray worker %d failed to start: %s", w.rank, e)
                         with contextlib.suppress(Exception):
                             ray.kill(w.actor)
@@ -453,9 +455,10 @@ def run_on_ray(
                     with contextlib.suppress(Exception):
                         ray.kill(w.actor)
             if not live and not starting and not ever_started:
+                why = f"the last one failed with: {start_errors[-1]}" if start_errors else "check `ray status`"
                 raise RayUnavailableError(
-                    f"no Ray worker started within {start_timeout_s:.0f} s: each needs "
-                    f"{'1 CPU' if interpret else '1 GPU (num_gpus=1)'} on the cluster; check `ray status`"
+                    f"no Ray worker started (each needs {'1 CPU' if interpret else '1 GPU (num_gpus=1)'} on the "
+                    f"cluster and waits at most {start_timeout_s:.0f} s); {why}"
                 )
             left = remaining_s()
             if left is not None and left < -max(BUDGET_GRACE_S, 10 * (max(task_s) if task_s else 0.0)):
@@ -467,7 +470,7 @@ def run_on_ray(
                 budget_hit = True
                 break
             if out_of_time() and not inflight:
-                budget_hit = budget_hit or any(queues.values())
+                budget_hit = True
                 break
     finally:
         progress.close()
@@ -478,7 +481,8 @@ def run_on_ray(
     if not live and any(queues.values()):
         logger.error("every Ray worker was lost; rows so far are saved: rerun the same command to resume")
     summary.rows_remaining = max(0, planned - summary.rows_written - dropped[0])
-    summary.budget_stopped = budget_hit and summary.rows_remaining > 0
+    # Stopped by the budget with work left, or before any worker joined (nothing could even be planned).
+    summary.budget_stopped = budget_hit and (summary.rows_remaining > 0 or not queues)
 
 
 def _worker_stats(summary: TuneSummary, workers: list[_Worker]) -> None:
