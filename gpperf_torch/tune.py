@@ -146,7 +146,8 @@ def tune(
     dtypes = list(dict.fromkeys(normalize_dtype(d) for d in dtypes))
     shape_list = _resolve_shapes(preset, shapes, shapes_file, seed, random_count)
 
-    _ensure_interpreter(interpret)
+    if ray is None:  # on Ray the driver runs no kernel: each worker sets up (and checks) its own interpreter
+        _ensure_interpreter(interpret)
     import torch
 
     if not interpret and ray is None and not torch.cuda.is_available():

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from gpperf_torch.dataset import COLUMNS, KEY_COLUMNS
 from gpperf_torch.kernels import TileConfig
@@ -35,6 +36,7 @@ SHAPES = [(16, 16, 16), (32, 16, 16), (16, 32, 16), (32, 32, 16), (16, 16, 32), 
 N_ROWS = len(SHAPES) * (1 + len(CONFIGS))
 FAST = dict(interpret=True, energy_fraction=0.0, time_budget_ms=2.0, quiet=True, jobs=0)
 HOST = socket.gethostname()
+HAS_CUDA = torch.cuda.is_available()
 
 
 def read_rows(path):
@@ -107,22 +109,27 @@ def test_bad_ray_arguments_are_refused(tmp_path):
 
 
 def test_one_and_two_workers_measure_the_local_sweep_once(ray, tmp_path):
-    local = tmp_path / "local.csv"
-    tune_mod.tune(local, shapes=SHAPES, configs=CONFIGS, **FAST)
-    planned = set(keys(read_rows(local)))
+    planned = {(str(m), str(n), str(k), "torch" if c is None else "triton", "" if c is None else c.key)
+               for m, n, k in SHAPES for c in [None, *CONFIGS]}  # fmt: skip
     for n in (1, 2):
         out = tmp_path / f"ray{n}.csv"
         s = tune_mod.tune(out, shapes=SHAPES, configs=CONFIGS, ray="local", ray_workers=n, **FAST)
         rows = read_rows(out)
         assert s.rows_written == len(rows) == N_ROWS and s.rows_remaining == 0 and not s.budget_stopped
-        assert set(keys(rows)) == planned and len(set(keys(rows))) == N_ROWS  # same sweep, each row once
+        assert {(r["m"], r["n"], r["k"], r["backend"], r["config"]) for r in rows} == planned
+        assert len(set(keys(rows))) == N_ROWS  # each row once
         assert {r["status"] for r in rows} == {"ok"} and {r["interpreted"] for r in rows} == {"1"}
         labels = {f"{HOST}/cpu:{i}" for i in range(n)}
         assert {r["worker"] for r in rows} <= labels and set(s.workers) <= labels
         assert sum(w["rows"] for w in s.workers.values()) == N_ROWS
         assert {r["gpu"] for r in rows} == {"interpreter (h100 limits)"}
         assert (s.workers_lost, s.tasks_retried) == (0, 0)
-    # Resume across executors: the local file is complete, so a Ray run over it measures nothing.
+    if HAS_CUDA:  # the local executor below interprets: not in a process that imported triton for the GPU
+        return
+    # Resume across executors: a file the local executor completed has nothing left for a Ray run.
+    local = tmp_path / "local.csv"
+    tune_mod.tune(local, shapes=SHAPES, configs=CONFIGS, **FAST)
+    assert set(keys(read_rows(local))) == set(keys(read_rows(tmp_path / "ray2.csv")))
     again = tune_mod.tune(local, shapes=SHAPES, configs=CONFIGS, ray="local", ray_workers=2, **FAST)
     assert (again.rows_written, again.rows_skipped) == (0, N_ROWS)
     assert len(read_rows(local)) == N_ROWS
@@ -268,6 +275,26 @@ def test_budget_holds_for_the_whole_run_and_a_rerun_finishes(ray, tmp_path):
 
 def test_gpu_sweep_on_a_cluster_without_gpus_says_what_to_do(ray, tmp_path):
     if ray.cluster_resources().get("GPU", 0):
-        pytest.skip("this Ray runtime has GPUs")
+        pytest.skip("this Ray runtime has GPUs: test_gpu_worker_measures_on_its_gpu runs instead")
     with pytest.raises(tune_mod.NoCudaError, match="has no GPUs.*--interpret --ray-workers N"):
         tune_mod.tune(tmp_path / "g.csv", shapes=[(16, 16, 16)], ray="local", energy_fraction=0.0, quiet=True)
+
+
+@pytest.mark.cuda
+def test_gpu_worker_measures_on_its_gpu(tmp_path):
+    """On a GPU machine: `--ray local` with real workers (one per GPU, NVML energy where available)."""
+    pytest.importorskip("ray")
+    import ray
+
+    if ray.is_initialized():  # the CPU tests' runtime has no GPUs; start one that sees them
+        ray.shutdown()
+    out = tmp_path / "gpu.csv"
+    s = tune_mod.tune(out, shapes=[(256, 256, 256), (512, 256, 128)], configs=CONFIGS, ray="local", ray_workers=1,
+                      energy_window_s=0.1, time_budget_ms=5.0, quiet=True, idle_s=0.2)  # fmt: skip
+    rows = read_rows(out)
+    assert s.rows_written == len(rows) == 8 and len(set(keys(rows))) == 8
+    assert {r["gpu"] for r in rows} == {torch.cuda.get_device_name(0)} and {r["interpreted"] for r in rows} == {"0"}
+    assert all(r["worker"].startswith(f"{HOST}/cuda:") for r in rows)
+    assert {r["status"] for r in rows} == {"ok"}
+    if s.energy_available:  # NVML on the worker's own GPU
+        assert any(r["energy_j"] for r in rows)
