@@ -287,10 +287,10 @@ def _tune_on_ray(
     summary = TuneSummary(out=str(out), interpreted=interpret)
     summary.shapes, summary.problems = n_shapes, len(problems)
     summary.energy_reason = "no worker reported an energy meter"
-    writer = DatasetWriter(out)
-    summary.repaired_bytes = writer.repaired_bytes
+    writer: DatasetWriter | None = None
 
     def plan_for(gpu: str, info: DeviceInfo) -> list[WorkItem]:
+        assert writer is not None
         space = config_space(dtypes, given, info.max_shared_memory)
         planned = plan_items(
             problems,
@@ -304,21 +304,24 @@ def _tune_on_ray(
         logger.info("%s: %s: %d rows already present, %d to measure", out, gpu, skipped, len(work))
         return work
 
-    try:
-        workers = n_workers if n_workers is not None else (1 if interpret else None)
-        with ray_session(address, num_cpus=workers if interpret else None) as ray_mod:
-            if not interpret:
-                gpus = int(ray_mod.cluster_resources().get("GPU", 0))
-                if workers is not None and workers > gpus:
-                    # A worker holds a whole GPU: extra ones would only wait for a GPU that never frees up.
-                    logger.warning("--ray-workers %d > %d GPUs on the cluster: starting %d", workers, gpus, gpus)
-                workers = min(workers, gpus) if workers is not None else gpus
-                if gpus < 1:
-                    raise NoCudaError(
-                        f"gpperf-torch tune: the Ray cluster at {address!r} has no GPUs; each worker holds one "
-                        f"(num_gpus=1). Add GPU nodes (ray start --address=...), or pass --interpret "
-                        f"--ray-workers N to run the interpreter on N CPU workers."
-                    )
+    workers = n_workers if n_workers is not None else (1 if interpret else None)
+    with ray_session(address, num_cpus=workers if interpret else None) as ray_mod:
+        if not interpret:
+            gpus = int(ray_mod.cluster_resources().get("GPU", 0))
+            if gpus < 1:
+                raise NoCudaError(
+                    f"gpperf-torch tune: the Ray cluster at {address!r} has no GPUs; each worker holds one "
+                    f"(num_gpus=1). Add GPU nodes (ray start --address=...), or pass --interpret "
+                    f"--ray-workers N to run the interpreter on N CPU workers."
+                )
+            if workers is not None and workers > gpus:
+                # A worker holds a whole GPU: extra ones would only wait for a GPU that never frees up.
+                logger.warning("--ray-workers %d > %d GPUs on the cluster: starting %d", workers, gpus, gpus)
+            workers = min(workers, gpus) if workers is not None else gpus
+        # Opened once the cluster is reachable, so a failed connection leaves no file behind.
+        writer = DatasetWriter(out)
+        summary.repaired_bytes = writer.repaired_bytes
+        try:
             run_on_ray(
                 ray=ray_mod,
                 writer=writer,
@@ -332,8 +335,8 @@ def _tune_on_ray(
                 retries=retries,
                 quiet=quiet,
             )
-    finally:
-        writer.close()
+        finally:
+            writer.close()
     summary.elapsed_s = time.monotonic() - t_start
     summary.rows_per_s = summary.rows_written / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
     return summary
