@@ -49,6 +49,10 @@ DEFAULT_RETRIES = 2
 TASK_ITEMS = 8  # items per task: one compile, several shapes; small enough that a lost task costs little
 START_TIMEOUT_S = 300.0  # a worker not started by then (no free GPU on the cluster?) is given up
 BUDGET_GRACE_S = 30.0  # past the budget, in-flight tasks get this long before their workers are killed
+# A task running this much longer than the slowest one so far (and at least STALL_MIN_S) has a hung worker (a
+# GPU that stopped answering): the worker is killed and the task counts as lost with it.
+STALL_FACTOR = 20.0
+STALL_MIN_S = 600.0
 
 
 class RayUnavailableError(RuntimeError):
@@ -261,6 +265,7 @@ def run_on_ray(
     oom: set[tuple[str, Problem]] = set()
     starting: dict[Any, _Worker] = {}  # describe() ref -> worker
     inflight: dict[Any, tuple[_Worker, _Task]] = {}  # measure() ref -> (worker, task)
+    sent_at: dict[Any, float] = {}  # measure() ref -> when it was sent
     idle: list[_Worker] = []
     live: list[_Worker] = []
     joined_workers: list[_Worker] = []
@@ -364,7 +369,9 @@ def run_on_ray(
             w.seen.add(task.cls)
             if w.first_dispatch is None:
                 w.first_dispatch = time.monotonic()
-            inflight[w.actor.measure.remote(task.items, remaining_s())] = (w, task)
+            ref = w.actor.measure.remote(task.items, remaining_s())
+            inflight[ref] = (w, task)
+            sent_at[ref] = time.monotonic()
 
     def joined(w: _Worker, desc: dict[str, Any]) -> None:
         nonlocal ever_started, planned
@@ -411,6 +418,7 @@ def run_on_ray(
                             ray.kill(w.actor)
                     continue
                 w, task = inflight.pop(ref)
+                sent_at.pop(ref, None)
                 try:
                     res = ray.get(ref)
                 except RayActorError as e:
@@ -443,6 +451,12 @@ def run_on_ray(
                 if res["stopped"]:
                     budget_hit = True
                 idle.append(w)
+            stall_s = max(STALL_MIN_S, STALL_FACTOR * max(task_s, default=0.0))
+            for ref, t_sent in list(sent_at.items()):
+                if now - t_sent > stall_s:
+                    w, task = inflight.pop(ref)
+                    sent_at.pop(ref)
+                    lose(w, task, f"no answer after {now - t_sent:.0f} s (hung?)")
             for ref, w in list(starting.items()):
                 if now - w.started > start_timeout_s:
                     starting.pop(ref)
@@ -467,6 +481,7 @@ def run_on_ray(
                     with contextlib.suppress(Exception):
                         ray.kill(w.actor)
                 inflight.clear()
+                sent_at.clear()
                 budget_hit = True
                 break
             if out_of_time() and not inflight:
