@@ -6,6 +6,11 @@ Work is ordered so that a budget cut still buys a broad dataset: compilation run
 (it dominates on a GPU), shapes are visited round-robin (each pass gives every problem its next few configs,
 the torch.matmul baseline first), and the order is shuffled with a seed to spread thermal drift. Every row is
 flushed as written; rerunning the same command skips rows already in the file (`dataset.KEY_COLUMNS`).
+
+This module puts the run together; its parts live in `gpperf_torch.tuning`: `plan` (problems, sampling, order),
+`writer` (the locked CSV and resume), `local` (the measuring executor in this process), `ray_exec` (the same
+sweep on a Ray cluster, one worker per GPU, this process the only writer: docs/cluster.md), `precompile`,
+`progress`, `runtime` (GPU or interpreter) and `cli`.
 """
 
 from __future__ import annotations
