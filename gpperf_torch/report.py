@@ -28,7 +28,7 @@ def _plt():
 def draw_report(predictor, table, out_dir: str | Path, *, title: str = "") -> list[Path]:
     """Write predicted_vs_measured.png, regret_cdf.png and regret_by_size.png into `out_dir`."""
     from .features import table_features
-    from .train import regrets_per_group
+    from .evaluation import regrets_per_group
 
     plt = _plt()
     out_dir = Path(out_dir)
