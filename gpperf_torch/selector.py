@@ -11,6 +11,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import math
 import os
 import sys
 import threading
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import kernels
+from . import env, kernels
 from .device import KNOWN_DEVICES, DeviceInfo, device_for
 from .errors import ModelError
 from .kernels import TileConfig
@@ -55,29 +56,54 @@ class Objective:
         }[self.name]
 
 
+def _number(spec: object, arg: str, what: str, example: str) -> float:
+    try:
+        x = float(arg.strip().removesuffix("w").removesuffix("W"))
+    except ValueError:
+        raise ValueError(f"objective {spec!r}: {what} must be a number, e.g. {example!r}") from None
+    if not math.isfinite(x):
+        raise ValueError(f"objective {spec!r}: {what} must be a finite number, e.g. {example!r}")
+    return x
+
+
 def parse_objective(spec: str | Objective) -> Objective:
-    """ "time" | "energy" | "edp" | "balanced[:slack]" | "power_cap:<watts>" -> Objective (ValueError else)."""
+    """ "time" | "energy" | "edp" | "balanced[:slack]" | "power_cap:<watts>" -> Objective (ValueError else).
+
+    Case and surrounding spaces do not matter; an argument that is not a finite number, or is out of range, is
+    refused (never read as some default)."""
     if isinstance(spec, Objective):
         return spec
-    name, _, arg = str(spec).strip().lower().partition(":")
+    if not isinstance(spec, str):
+        raise TypeError(f"objective must be a string such as 'time' or 'power_cap:300', got {type(spec).__name__}")
+    name, colon, arg = spec.strip().lower().partition(":")
+    name = name.strip()
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {spec!r}; choose one of {', '.join(OBJECTIVES)} (power_cap:<watts>)")
     if name == "power_cap":
-        try:
-            watts = float(arg)
-        except ValueError:
-            raise ValueError(f"objective {spec!r}: power_cap needs a limit in watts, e.g. 'power_cap:300'") from None
+        if not arg.strip():
+            raise ValueError(f"objective {spec!r}: power_cap needs a limit in watts, e.g. 'power_cap:300'")
+        watts = _number(spec, arg, "the power cap in watts", "power_cap:300")
         if watts <= 0:
-            raise ValueError(f"objective {spec!r}: the power cap must be positive")
+            raise ValueError(f"objective {spec!r}: the power cap must be positive watts, e.g. 'power_cap:300'")
         return Objective("power_cap", watts)
     if name == "balanced":
-        slack = float(arg) if arg else DEFAULT_BALANCED_SLACK
+        if colon and not arg.strip():
+            raise ValueError(f"objective {spec!r}: give a slack after the colon, e.g. 'balanced:0.05', or none")
+        slack = _number(spec, arg, "the slack", "balanced:0.05") if colon else DEFAULT_BALANCED_SLACK
         if not 0 <= slack < 10:
-            raise ValueError(f"objective {spec!r}: slack must be a fraction such as 0.05")
+            raise ValueError(f"objective {spec!r}: slack must be a fraction in [0, 10), such as 0.05")
         return Objective("balanced", slack)
-    if arg:
+    if colon:
         raise ValueError(f"objective {spec!r}: {name} takes no argument")
     return Objective(name)
+
+
+def parse_mode(name: str) -> str:
+    """predict | verify | exhaustive, in any case (ValueError else)."""
+    md = name.strip().lower() if isinstance(name, str) else name
+    if md not in MODES:
+        raise ValueError(f"unknown mode {name!r}; choose one of {', '.join(MODES)}")
+    return md
 
 
 _objective_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("gpperf_objective", default=None)
@@ -98,8 +124,7 @@ def objective(spec: str) -> Iterator[Objective]:
 @contextlib.contextmanager
 def mode(name: str) -> Iterator[str]:
     """`with gpperf_torch.mode("verify"):` predict | verify (benchmark the top-k once) | exhaustive."""
-    if name not in MODES:
-        raise ValueError(f"unknown mode {name!r}; choose one of {', '.join(MODES)}")
+    name = parse_mode(name)
     token = _mode_var.set(name)
     try:
         yield name
@@ -244,12 +269,10 @@ _env: dict[str, str] = {}
 
 
 def reload_env() -> None:
-    """Read GPPERF_OBJECTIVE and GPPERF_MODE again (they are read once, at import and at `reset()`)."""
-    obj = os.environ.get("GPPERF_OBJECTIVE") or "time"
-    parse_objective(obj)
-    md = os.environ.get("GPPERF_MODE") or "predict"
-    if md not in MODES:
-        raise ValueError(f"GPPERF_MODE={md!r} is not one of {', '.join(MODES)}")
+    """Read GPPERF_OBJECTIVE and GPPERF_MODE again (they are read once, at import and at `reset()`). A bad value
+    is warned about (naming the variable and the default) and the default used: import must never fail."""
+    obj = env.read("GPPERF_OBJECTIVE", "time", lambda v: str(parse_objective(v)))
+    md = env.read("GPPERF_MODE", "predict", parse_mode)
     _env.update(objective=obj, mode=md)
 
 
