@@ -1,0 +1,1 @@
+"""The parts of a tuning run (`gpperf_torch.tune` puts them together): plan, writer, executors, progress, CLI."""

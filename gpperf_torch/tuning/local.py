@@ -1,0 +1,284 @@
+"""The measuring executor: inputs, one problem's chunk of items measured into rows, and the local loop."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from .. import measure
+from ..device import KNOWN_DEVICES, DeviceInfo
+from .plan import Problem, WorkItem, _seed_of, variant_of
+
+if TYPE_CHECKING:
+    from .plan import TuneSummary
+    from .precompile import Precompiler
+    from .progress import _Progress
+    from .writer import DatasetWriter
+
+logger = logging.getLogger(__name__)
+
+# Input sets are rotated until they span this many bytes (2x the largest L2 we know, H200's 60 MiB), so a
+# small shape is not timed with its operands already in L2.
+DEFAULT_ROTATE_BYTES = 2 * max(d.l2_bytes for d in KNOWN_DEVICES.values())
+MAX_INPUT_SETS = 512
+
+
+# ---- failures -------------------------------------------------------------------------------------
+def classify_error(e: BaseException) -> str:
+    """Map an exception from launching a config to a dataset status."""
+    import torch
+
+    name = type(e).__name__
+    text = str(e).lower()
+    if isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in text:
+        return "oom"
+    if name == "OutOfResources" or "out of resource" in text:
+        return "out_of_resources"
+    if name in ("CompilationError", "CompileTimeAssertionFailure", "PTXASError") or "passmanager" in text:
+        return "compile_error"
+    if isinstance(e, (ValueError, TypeError)):
+        return "invalid"  # launch() refused the config or the inputs
+    return "error"
+
+
+# ---- inputs ---------------------------------------------------------------------------------------
+def _round_up(x: int, to: int = 64) -> int:
+    return -(-x // to) * to
+
+
+class InputSets:
+    """Random operands rotated over enough sets to exceed L2 (views into one allocation each for A|B and C).
+
+    Never zeros: power depends on the data, and a zero-filled GEMM draws far less than a real one.
+    """
+
+    def __init__(self, p: Problem, device: str, *, rotate_bytes: int, max_sets: int = MAX_INPUT_SETS, seed=0):
+        import torch
+
+        dtype = getattr(torch, p.dtype)
+        es = torch.empty((), dtype=dtype).element_size()
+        a, b, c = _round_up(p.m * p.k), _round_up(p.k * p.n), _round_up(p.m * p.n)  # 128 B aligned views
+        self.n_sets = max(1, min(max_sets, math.ceil(rotate_bytes / ((a + b + c) * es))))
+        gen = torch.Generator(device=device).manual_seed(seed)
+        ab = torch.randn(self.n_sets * (a + b), device=device, dtype=dtype, generator=gen)
+        out = torch.empty(self.n_sets * c, device=device, dtype=dtype)
+        self.a, self.b, self.c = [], [], []
+        for i in range(self.n_sets):
+            base = i * (a + b)
+            av = ab[base : base + p.m * p.k]
+            bv = ab[base + a : base + a + p.k * p.n]
+            self.a.append(av.view(p.k, p.m).t() if p.a_trans else av.view(p.m, p.k))
+            self.b.append(bv.view(p.n, p.k).t() if p.b_trans else bv.view(p.k, p.n))
+            self.c.append(out[i * c : i * c + p.m * p.n].view(p.m, p.n))
+
+    def operands(self, i: int) -> tuple[Any, Any, Any]:
+        j = i % self.n_sets
+        return self.a[j], self.b[j], self.c[j]
+
+
+def _rel_error(out: Any, ref: Any) -> float:
+    o, r = out.float(), ref.float()
+    return float((o - r).norm() / r.norm().clamp_min(1e-30))
+
+
+def _over_budget(t_start: float, budget_s: float, rows: int, t_loop: float) -> bool:
+    now = time.monotonic()
+    # Do not start a row that would most likely end past the budget (average row time so far).
+    avg = (now - t_loop) / rows if rows else 0.0
+    return now - t_start + avg > budget_s
+
+
+def _row_for(base: dict[str, Any], it: WorkItem) -> dict[str, Any]:
+    p = it.problem
+    row = dict(base)
+    row.update(m=p.m, n=p.n, k=p.k, dtype=p.dtype, a_trans=p.a_trans, b_trans=p.b_trans, tf32=p.tf32)
+    if it.cfg is None:
+        row.update(backend="torch", config="")
+    else:
+        row.update(backend="triton", config=it.cfg.key, **it.cfg.as_dict())
+    return row
+
+
+@dataclass
+class _Run:
+    """What every row of one run shares."""
+
+    writer: DatasetWriter
+    summary: TuneSummary
+    base_row: dict[str, Any]
+    dev: str
+    timer: Any
+    meter: Any
+    pool: Precompiler | None
+    info: DeviceInfo
+    energy_fraction: float
+    energy_window_s: float
+    idle_power: float | None
+    time_budget_ms: float
+    min_reps: int
+    max_reps: int
+    rotate_bytes: int
+    seed: int
+    progress: _Progress
+    out_of_time: Callable[[], bool]
+    batch_runner: Callable[..., tuple[Callable[[], int], Callable[[], None]]] = measure.cuda_batch_runner
+
+    def emit(self, row: dict[str, Any]) -> None:
+        row["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.writer.write(row)
+        s = self.summary
+        s.rows_written += 1
+        s.statuses[row["status"]] = s.statuses.get(row["status"], 0) + 1
+        if row["status"] != "ok":
+            s.rows_failed += 1
+        self.progress.advance()
+
+
+def _visit(items: list[WorkItem], run: _Run) -> bool:
+    """Measure one problem's chunk of items; return True when the budget ran out mid-chunk."""
+    import torch
+
+    from ..kernels import check_config, elem_size, launch
+
+    p = items[0].problem
+    es = elem_size(p.dtype)
+    sets = None
+    for rotate in (run.rotate_bytes, 0):  # on OOM retry with a single set before giving the shape up
+        try:
+            sets = InputSets(p, run.dev, rotate_bytes=rotate, seed=_seed_of(run.seed, p))
+            break
+        except torch.cuda.OutOfMemoryError as e:
+            err = e
+            torch.cuda.empty_cache()
+    if sets is None:
+        # One oom row stands for the whole problem; a rerun skips the problem.
+        row = _row_for(run.base_row, WorkItem(p, None))
+        row.update(status="oom", error=f"inputs for {p.m}x{p.n}x{p.k} {p.dtype} do not fit: {err}")
+        run.emit(row)
+        return False
+
+    prev_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = bool(p.tf32)
+    try:
+        a0, b0, _ = sets.operands(0)
+        ref = torch.matmul(a0, b0)
+        tol = 1e-4 if p.dtype == "float32" and not p.tf32 else 2e-2
+        smem = run.info.max_shared_memory
+        for idx, it in enumerate(items):
+            if idx > 0 and run.out_of_time():
+                return True
+            row = _row_for(run.base_row, it)
+            cfg = it.cfg
+            if cfg is not None:
+                reason = check_config(cfg, elem_size=es, max_shared_memory=smem)
+                if reason is not None:
+                    row.update(status="invalid", error=f"{cfg.key} for {p.dtype} on {run.info.short_name}: {reason}")
+                    run.emit(row)
+                    continue
+                if run.pool is not None:
+                    run.pool.wait(variant_of(it))
+
+                def fn(i: int, cfg=cfg) -> Any:
+                    a, b, c = sets.operands(i)
+                    return launch(a, b, c, cfg, allow_tf32=bool(p.tf32), max_shared_memory=smem)
+            else:
+
+                def fn(i: int) -> Any:
+                    a, b, c = sets.operands(i)
+                    return torch.matmul(a, b, out=c)
+
+            row.update(_measure_row(it, fn, ref, tol, run))
+            run.emit(row)
+            if row["status"] == "error" and run.dev == "cuda" and not _cuda_healthy():
+                raise RuntimeError(
+                    f"the CUDA context failed after {row['config'] or 'torch.matmul'} on {p.m}x{p.n}x{p.k} "
+                    f"({row['error']}); rows so far are saved and this one is recorded: rerun to resume"
+                )
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev_tf32
+    return False
+
+
+def _cuda_healthy() -> bool:
+    import torch
+
+    try:
+        torch.cuda.synchronize()
+        return True
+    except Exception:
+        return False
+
+
+def _measure_row(it: WorkItem, fn: Callable[[int], Any], ref: Any, tol: float, run: _Run) -> dict[str, Any]:
+    import torch
+
+    p = it.problem
+    try:
+        out = fn(0)
+        if run.dev == "cuda":
+            torch.cuda.synchronize()
+        err = _rel_error(out, ref)
+        if not err <= tol:  # also catches NaN
+            return {"status": "error", "error": f"wrong result: relative error {err:.3g} > {tol:g}"}
+        timing = run.timer.measure(fn, budget_ms=run.time_budget_ms, min_reps=run.min_reps, max_reps=run.max_reps)
+    except Exception as e:
+        status = classify_error(e)
+        if status == "oom":
+            torch.cuda.empty_cache()
+        logger.debug("%s on %s: %s", it.cfg, p, e)
+        return {"status": status, "error": f"{type(e).__name__}: {e}"}
+    row: dict[str, Any] = {
+        "status": "ok",
+        "error": "",
+        "time_ms": timing.median_ms,
+        "time_ms_p20": timing.p20_ms,
+        "time_ms_p80": timing.p80_ms,
+        "n_reps": timing.n_reps,
+        "tflops": 2.0 * p.m * p.n * p.k / (timing.median_ms * 1e-3) / 1e12 if timing.median_ms > 0 else None,
+        "idle_power_w": run.idle_power,
+    }
+    if run.meter.available and _energy_selected(it, run.energy_fraction):
+        run_batch, release = run.batch_runner(fn, timing.median_ms)
+        try:
+            energy = run.meter.measure(run_batch, run.energy_window_s)
+        finally:
+            release()
+        if energy is not None:
+            row.update(
+                energy_j=energy.energy_j,
+                power_w=energy.power_w,
+                power_instant_w=energy.power_instant_w,
+                energy_window_s=energy.window_s,
+                energy_reps=energy.reps,
+            )
+            if run.idle_power is not None and energy.reps:
+                row["dynamic_energy_j"] = energy.energy_j - run.idle_power * energy.window_s / energy.reps
+    row.update(run.meter.conditions())
+    return row
+
+
+def _energy_selected(it: WorkItem, fraction: float) -> bool:
+    if fraction <= 0.0:
+        return False
+    if fraction >= 1.0 or it.cfg is None:  # the baseline always gets energy when any row does
+        return True
+    return _seed_of("energy", it.problem, it.cfg.key) / 2**32 < fraction
+
+
+def run_local(work: list[WorkItem], run: _Run) -> None:
+    """Measure `work` in order in this process, one problem's chunk at a time, until done or out of time."""
+    i = 0
+    while i < len(work):
+        # Visit one problem's chunk with one set of inputs.
+        j = i
+        while j < len(work) and work[j].problem == work[i].problem:
+            j += 1
+        if run.out_of_time() or _visit(work[i:j], run):
+            run.summary.budget_stopped = True
+            break
+        i = j

@@ -1,0 +1,184 @@
+"""The resumable dataset writer: one locked, append-only CSV, a torn tail repaired, the existing rows known.
+
+Every executor (local or Ray) hands its rows to one `DatasetWriter` in the driving process; `_item_key` is
+how a planned work item is matched against the rows already written (resume).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..dataset import COLUMNS, KEY_COLUMNS
+from .plan import WorkItem
+
+logger = logging.getLogger(__name__)
+
+ERROR_TEXT_MAX = 400
+LOCK_SUFFIX = ".lock"
+
+
+class DatasetLockedError(RuntimeError):
+    """Another process holds the output file's lock."""
+
+
+# ---- the CSV --------------------------------------------------------------------------------------
+def repair_torn_tail(path: str | Path) -> int:
+    """Truncate a partial last line (a write cut by a kill or crash); return the bytes removed."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return 0
+        pos = size
+        keep = 0
+        while pos > 0:
+            step = min(65536, pos)
+            pos -= step
+            f.seek(pos)
+            nl = f.read(step).rfind(b"\n")
+            if nl >= 0:
+                keep = pos + nl + 1
+                break
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    logger.warning("%s: removed a torn last line (%d bytes) left by an interrupted run", path, size - keep)
+    return size - keep
+
+
+def _key(row: dict[str, str] | Sequence[str]) -> tuple[str, ...]:
+    if isinstance(row, dict):
+        return tuple(row[c] for c in KEY_COLUMNS)
+    idx = [COLUMNS.index(c) for c in KEY_COLUMNS]
+    return tuple(row[i] for i in idx)
+
+
+_PROBLEM_COLUMNS = ("gpu", "m", "n", "k", "dtype", "a_trans", "b_trans", "tf32")
+
+
+class DatasetWriter:
+    """Append-only CSV writer that holds a lock, repairs a torn tail and knows which rows exist.
+
+    Rows are single physical lines (error texts are flattened), each flushed when written, with an fsync at
+    most every `fsync_every_s`: a SIGKILL loses at most the row in flight, a power cut at most a few seconds.
+    """
+
+    def __init__(self, path: str | Path, *, fsync_every_s: float = 5.0):
+        from filelock import FileLock, Timeout
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = FileLock(str(self.path) + LOCK_SUFFIX)
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            raise DatasetLockedError(
+                f"{self.path} is being written by another tune run (lock {self.path}{LOCK_SUFFIX} is held); "
+                f"wait for that run to finish, or pass a different --out"
+            ) from None
+        try:
+            self.repaired_bytes = repair_torn_tail(self.path)
+            self.existing: set[tuple[str, ...]] = set()
+            self.oom_problems: set[tuple[str, ...]] = set()
+            header = self._read_existing()
+            self._f = open(self.path, "a", newline="")  # noqa: SIM115 (held open for the whole run)
+            self._w = csv.writer(self._f, lineterminator="\n")
+            if not header:
+                self._w.writerow(COLUMNS)
+                self._f.flush()
+        except BaseException:
+            self._lock.release()
+            raise
+        self._fsync_every_s = fsync_every_s
+        self._last_fsync = time.monotonic()
+
+    def _read_existing(self) -> bool:
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return False
+        with open(self.path, newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header != list(COLUMNS):
+                raise ValueError(
+                    f"{self.path} exists with other columns than this version writes "
+                    f"(first line {','.join(header or [])[:120]!r}...); pass a new --out or move the old file"
+                )
+            pidx = [COLUMNS.index(c) for c in _PROBLEM_COLUMNS]
+            status = COLUMNS.index("status")
+            bad = 0
+            for row in reader:
+                if len(row) != len(COLUMNS):
+                    bad += 1
+                    continue
+                self.existing.add(_key(row))
+                if row[status] == "oom":
+                    self.oom_problems.add(tuple(row[i] for i in pidx))
+            if bad:
+                logger.warning("%s: ignored %d malformed rows (wrong number of fields)", self.path, bad)
+        return True
+
+    def write(self, row: dict[str, Any]) -> None:
+        values = [_fmt(row.get(c)) for c in COLUMNS]
+        self._w.writerow(values)
+        self._f.flush()
+        self.existing.add(_key(values))
+        if time.monotonic() - self._last_fsync >= self._fsync_every_s:
+            os.fsync(self._f.fileno())
+            self._last_fsync = time.monotonic()
+
+    def close(self) -> None:
+        try:
+            if not self._f.closed:
+                self._f.flush()
+                os.fsync(self._f.fileno())
+                self._f.close()
+        finally:
+            self._lock.release()
+
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return str(int(v))
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.6g}"
+    if isinstance(v, str):
+        flat = " | ".join(s.strip() for s in v.splitlines() if s.strip())
+        return flat if len(flat) <= ERROR_TEXT_MAX else flat[: ERROR_TEXT_MAX - 3] + "..."
+    return str(v)
+
+
+def _item_key(gpu: str, it: WorkItem) -> tuple[str, ...]:
+    p = it.problem
+    vals = {
+        "gpu": gpu,
+        "m": p.m,
+        "n": p.n,
+        "k": p.k,
+        "dtype": p.dtype,
+        "a_trans": p.a_trans,
+        "b_trans": p.b_trans,
+        "tf32": p.tf32,
+        "backend": "torch" if it.cfg is None else "triton",
+        "config": "" if it.cfg is None else it.cfg.key,
+    }
+    return tuple(_fmt(vals[c]) for c in KEY_COLUMNS)
