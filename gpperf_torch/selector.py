@@ -26,7 +26,10 @@ from .device import KNOWN_DEVICES, DeviceInfo, device_for
 from .errors import ModelError
 from .kernels import TileConfig
 from .select_cache import DiskCache as _DiskCache
-from .select_cache import cache_dir  # noqa: F401 (verify and users import it from here)
+from .select_cache import (
+    cache_dir,  # noqa: F401 (verify and users import it from here)
+    cache_token,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -169,9 +172,18 @@ class _State:
         self.model = _load_model(info, model_path)
         self.memory: dict[tuple, TileConfig | None] = {}
         self.valid: dict[str, list[TileConfig | None]] = {}
-        self.disk = _DiskCache(info, self.model.model_hash if self.model else "analytic")
-        for k, v in self.disk.load().items():
-            self.memory[k] = None if v == TORCH else TileConfig.from_key(v)
+        self._valid_sets: dict[str, frozenset] = {}
+        self.disk = _DiskCache(info, cache_token(self.model.meta if self.model else None, ANALYTIC_PARAMS))
+        self.memory.update(self.disk.load(self._usable))
+
+    def _usable(self, key: tuple, cfg: TileConfig | None) -> None:
+        """ValueError when a cached selection cannot be used here (see select_cache.DiskCache.load)."""
+        parse_objective(key[-1])
+        valid = self._valid_sets.get(key[4])
+        if valid is None:
+            valid = self._valid_sets[key[4]] = frozenset(_valid_candidates(self, key[4]))
+        if cfg not in valid:
+            raise ValueError(f"{cfg or TORCH} is not a candidate of this model valid on {self.info.name} for {key[4]}")
 
     @property
     def model_hash(self) -> str:
