@@ -126,7 +126,7 @@ def read_configs(path: str | Path) -> list[Any]:
     path = Path(path)
     try:
         lines = [ln.split("#", 1)[0].strip() for ln in path.read_text().splitlines()]
-    except OSError as e:
+    except (OSError, UnicodeDecodeError) as e:  # missing, a directory, binary
         raise ValueError(f"cannot read configs file {str(path)!r}: {e}") from e
     lines = [ln for ln in lines if ln]
     if lines and "config" in [c.strip() for c in lines[0].split(",")]:
