@@ -31,8 +31,16 @@ PROG = "gpperf-torch"
 logger = logging.getLogger(__name__)
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument error is one line too (argparse would print the usage first); subcommand parsers are made of
+    this class as well (argparse creates them with the parent's class), including ones added later."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG,
         description="Per-shape tile selection for Triton matmul: tune, train, evaluate, select.",
         epilog="A mistake in a file or an argument is reported as one line with exit status 2; -v adds the traceback.",

@@ -528,10 +528,12 @@ _DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp3
 
 
 def add_cli(sub) -> None:
+    from .argtypes import non_negative_int, positive_int
+
     p = sub.add_parser("select", help="rank the candidate configs for one GEMM shape (works without a GPU)")
-    p.add_argument("m", type=int)
-    p.add_argument("n", type=int)
-    p.add_argument("k", type=int)
+    p.add_argument("m", type=positive_int)
+    p.add_argument("n", type=positive_int)
+    p.add_argument("k", type=positive_int)
     p.add_argument("--dtype", default="float16", help="float16|bfloat16|float32 (fp16, bf16, fp32)")
     p.add_argument("--objective", default=None, help="time | energy | edp | balanced[:slack] | power_cap:<W>")
     p.add_argument(
@@ -540,7 +542,7 @@ def add_cli(sub) -> None:
     p.add_argument("--model", default=None, help="model directory (model.onnx + model.json) to use")
     p.add_argument("--a-trans", action="store_true", help="A is a transposed view")
     p.add_argument("--b-trans", action="store_true", help="B is a transposed view (as in Linear: x @ W^T)")
-    p.add_argument("--top", type=int, default=10, help="rows to print (0: all)")
+    p.add_argument("--top", type=non_negative_int, default=10, help="rows to print (0: all)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cli_select)
 

@@ -11,13 +11,16 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from . import dataset
+from .argtypes import check_output_dir, int_at_least, open_fraction, positive_int
 from .dataset import Table
 from .device import short_name_of
+from .errors import UserError
 from .evaluation import (  # noqa: F401  (re-exported)
     ENERGY_TARGETS,
     MIN_ENERGY_CONFIGS,
@@ -52,7 +55,7 @@ from .fitting import (  # noqa: F401  (re-exported)
     targets_of,
     training_device,
 )
-from .predictor import Predictor, load_cli_model
+from .predictor import Predictor, load_cli_model, model_paths
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +129,7 @@ def train_and_export(
     """
     if splits < 1:
         raise ValueError(f"splits must be >= 1, got {splits}")
+    _check_model_out(out, paths)
     table = dataset.load_table(paths, include_interpreted=include_interpreted)
     gpus = sorted({short_name_of(g) for g in np.unique(table["gpu"].astype(str)).tolist()})
     if target_gpu is None and len(gpus) > 1:
@@ -169,11 +173,24 @@ def train_and_export(
     return metrics
 
 
+def _check_model_out(out: str | Path, paths: Sequence[str | Path]) -> None:
+    """Before any fitting: `out` must not be an existing file (a directory is written into, `<stem>.onnx|.json`
+    beside it) and must not be one of the data files."""
+    out = Path(out)
+    targets = model_paths(out) if out.suffix in (".onnx", ".json") else (check_output_dir(out),)
+    data = {Path(p).resolve() for p in paths}
+    for t in targets:
+        if t.resolve() in data:
+            raise UserError(f"{t}: --out would overwrite the data file {t}; pass another path")
+        if t.is_dir():
+            raise UserError(f"{t}: is a directory; with a .onnx/.json --out the model is written as two files")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     params = {}
-    if args.n_estimators:
+    if args.n_estimators is not None:
         params["n_estimators"] = args.n_estimators
-    if args.max_leaf_nodes:
+    if args.max_leaf_nodes is not None:
         params["max_leaf_nodes"] = args.max_leaf_nodes
     metrics = train_and_export(
         args.data, args.out, test_frac=args.test_frac, seed=args.seed, use_all=args.all, splits=args.splits,
@@ -210,7 +227,7 @@ def add_cli(subparsers) -> None:
     p = subparsers.add_parser("train", help="fit the predictor on tuning data (ours or the public format)")
     p.add_argument("--data", nargs="+", required=True, help="CSV files (auto-detected format)")
     p.add_argument("--out", required=True, help="directory for model.onnx + model.json")
-    p.add_argument("--test-frac", type=float, default=0.3, help="share of groups held out for the metrics")
+    p.add_argument("--test-frac", type=open_fraction, default=0.3, help="share of groups held out for the metrics")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--all", action=argparse.BooleanOptionalAction, default=True,
@@ -218,11 +235,13 @@ def add_cli(subparsers) -> None:
         " the forest fitted on the train split, which the metrics then describe exactly",
     )  # fmt: skip
     p.add_argument(
-        "--splits", type=int, default=5,
+        "--splits", type=positive_int, default=5,
         help="held-out evaluation over this many grouped splits (seeds seed, seed+1, ...), combined",
     )  # fmt: skip
-    p.add_argument("--n-estimators", type=int, default=None, help=f"default {DEFAULT_PARAMS['n_estimators']}")
-    p.add_argument("--max-leaf-nodes", type=int, default=None, help=f"default {DEFAULT_PARAMS['max_leaf_nodes']}")
+    p.add_argument("--n-estimators", type=positive_int, default=None, help=f"default {DEFAULT_PARAMS['n_estimators']}")
+    p.add_argument(
+        "--max-leaf-nodes", type=int_at_least(2), default=None, help=f"default {DEFAULT_PARAMS['max_leaf_nodes']}"
+    )
     p.add_argument("--include-interpreted", action="store_true", help="keep interpreter rows (tests only)")
     p.add_argument(
         "--target-gpu", default=None,
