@@ -74,8 +74,8 @@ def _str_to_key(s: str) -> tuple:
         sizes = tuple(int(x) for x in (m, n, k, batch))
     except ValueError:
         raise ValueError(f"key {s!r}: m, n, k and batch must be integers") from None
-    if min(sizes) < 1:
-        raise ValueError(f"key {s!r}: m, n, k and batch must be positive")
+    if min(sizes) < 0:  # 0 is harmless (an empty GEMM); a negative size is no key the op makes
+        raise ValueError(f"key {s!r}: m, n, k and batch must be >= 0")
     if any(f not in _FLAGS for f in (a_t, b_t, tf32)):
         raise ValueError(f"key {s!r}: the layout and tf32 flags must be 0 or 1")
     if not dtype or not obj:

@@ -177,13 +177,14 @@ def _check_model_out(out: str | Path, paths: Sequence[str | Path]) -> None:
     """Before any fitting: `out` must not be an existing file (a directory is written into, `<stem>.onnx|.json`
     beside it) and must not be one of the data files."""
     out = Path(out)
-    targets = model_paths(out) if out.suffix in (".onnx", ".json") else (check_output_dir(out),)
+    stem = out.suffix in (".onnx", ".json")
+    targets = model_paths(out) if stem else model_paths(check_output_dir(out) / "model")
     data = {Path(p).resolve() for p in paths}
     for t in targets:
         if t.resolve() in data:
             raise UserError(f"{t}: --out would overwrite the data file {t}; pass another path")
         if t.is_dir():
-            raise UserError(f"{t}: is a directory; with a .onnx/.json --out the model is written as two files")
+            raise UserError(f"{t}: is a directory where the model file belongs; pass another --out")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

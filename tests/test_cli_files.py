@@ -210,16 +210,18 @@ def _arg_cases(d: Path):
     existing = d / "existing.txt"
     existing.write_text("keep me\n")
     data = _data_file(d, "wrong_format")
+    data.with_name("d.json").write_bytes(data.read_bytes())  # a data file with a model's suffix
     return [
         (["train", "--data", str(data), "--out", str(existing)], str(existing)),
         (["train", "--data", str(existing), "--out", str(existing.with_suffix(""))], str(existing)),
         (["report", "--model", "h100", "--pareto", "64", "64", "64", "--out", str(existing)], str(existing)),
         (["tune", "--shapes", str(_good_shapes(d)), "--out", str(d), *INTERPRET], str(d)),
         (["eval", "--model", str(d / "nope"), "--data", str(data)], str(d / "nope")),
+        (["train", "--data", str(js := data.with_name("d.json")), "--out", str(js)], str(js)),
     ]
 
 
-@pytest.mark.parametrize("i", range(5))
+@pytest.mark.parametrize("i", range(6))
 def test_existing_file_or_directory_as_out_is_one_line(tmp_path, capsys, i):
     argv, named = _arg_cases(tmp_path)[i]
     before = _snapshot(tmp_path)

@@ -56,7 +56,7 @@ def _bad_values(st) -> dict[str, object]:
 
 
 BAD_KEYS = [
-    "1,2,3", "a,12,16,1,float32,0,0,0,time", "0,16,12,1,float32,0,0,0,time", "8,16,12,1,float32,2,0,0,time",
+    "1,2,3", "a,12,16,1,float32,0,0,0,time", "-8,16,12,1,float32,0,0,0,time", "8,16,12,1,float32,2,0,0,time",
     "8,16,12,1,float8,0,0,0,time", "8,16,12,1,float32,0,0,0,bogus", "8,16,12,1,float32,0,0,0,power_cap:nan",
     "8,16,12,1,,0,0,0,time", "8,16,12,-1,float32,0,0,0,time",
 ]  # fmt: skip
