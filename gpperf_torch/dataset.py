@@ -429,7 +429,7 @@ def open_text_table(path: str | Path):
         raise DataFileError(f"{path}: the file is empty (no header line)")
     if b"\0" in head:
         raise DataFileError(f"{path}: a binary file, not a CSV")
-    return path.open(newline="", encoding="utf-8")
+    return path.open(newline="", encoding="utf-8-sig")  # -sig: a byte-order mark (spreadsheet exports) is no header
 
 
 def read_csv(path: str | Path) -> tuple[list[dict], str]:

@@ -249,3 +249,17 @@ def test_only_interpreted_rows_explains_why_and_what_to_pass(tmp_path):
 def test_no_paths_is_an_error():
     with pytest.raises(DataFileError, match="no data files"):
         dataset.load_table([])
+
+
+def test_a_byte_order_mark_is_not_part_of_the_header(tmp_path):
+    path = tmp_path / "bom.csv"
+    body = write_ours(path, our_rows(2))
+    path.write_bytes(b"\xef\xbb\xbf" + body)
+    assert len(dataset.load_table(path)) == 2
+
+
+def test_a_field_past_the_csv_limit_is_a_data_file_error(tmp_path):
+    path = tmp_path / "huge.csv"
+    path.write_bytes(",".join(dataset.COLUMNS).encode() + b'\n"' + b"x" * (csv.field_size_limit() + 10) + b'"\n')
+    with pytest.raises(DataFileError, match="not a readable CSV"):
+        dataset.load_table(path)
