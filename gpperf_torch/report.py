@@ -27,8 +27,8 @@ def _plt():
 
 def draw_report(predictor, table, out_dir: str | Path, *, title: str = "") -> list[Path]:
     """Write predicted_vs_measured.png, regret_cdf.png and regret_by_size.png into `out_dir`."""
-    from .features import table_features
     from .evaluation import regrets_per_group
+    from .features import table_features
 
     plt = _plt()
     out_dir = Path(out_dir)
