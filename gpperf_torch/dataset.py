@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import DataFileError
 from .kernels.configs import CONFIG_FIELDS
 
 SCHEMA_VERSION = 1
@@ -223,43 +224,97 @@ class Table:
         return len(col) > 0 and bool(np.all(np.isfinite(col) & (col > 0)))
 
 
-def _to_float(text: str | None) -> float:
+class BadValue(ValueError):
+    """A field of one row that does not parse (the row is dropped and counted, see read_csv)."""
+
+
+def _to_float(text: str | None, column: str = "") -> float:
+    """Empty -> NaN; a number (also inf/nan) -> float; anything else is a BadValue (a torn or foreign row)."""
     if text is None or text.strip() == "":
         return math.nan
     try:
-        return float(text)  # accepts "inf"
+        return float(text)
     except ValueError:
-        return math.nan
+        raise BadValue(f"{column}={text!r} is not a number") from None
 
 
-def _to_int(text: str | None, default: int = 0) -> int:
+def _to_int(text: str | None, default: int = 0, column: str = "") -> int:
+    """Empty -> `default`; an integer (or an integral float such as '64.0') -> int; else a BadValue."""
     if text is None or text.strip() == "":
         return default
-    return int(float(text))
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        x = float(text)
+    except ValueError:
+        raise BadValue(f"{column}={text!r} is not an integer") from None
+    if not x.is_integer():
+        raise BadValue(f"{column}={text!r} is not an integer")
+    return int(x)
+
+
+def _size(r: dict[str, str], column: str) -> int:
+    v = _to_int(r.get(column), -1, column)
+    if v < 1:
+        raise BadValue(f"{column}={r.get(column)!r} is not a positive integer")
+    return v
+
+
+def _flag(r: dict[str, str], column: str) -> int:
+    v = _to_int(r.get(column), 0, column)
+    if v not in (0, 1):
+        raise BadValue(f"{column}={r.get(column)!r} is not 0 or 1")
+    return v
+
+
+DTYPES = ("float16", "bfloat16", "float32")
+
+
+def _dtype(text: str | None) -> str:
+    d = (text or "").strip().replace("torch.", "")
+    if d not in DTYPES:
+        raise BadValue(f"dtype={text!r} is not one of {', '.join(DTYPES)}")
+    return d
+
+
+def _gpu(text: str | None) -> str:
+    g = (text or "").strip()
+    if not g:
+        raise BadValue("gpu is empty")
+    return g
+
+
+_PUBLIC_BACKENDS = ("triton", "extern_mm")
+_PUBLIC_TF32 = ("True", "False", "not_float_32")
 
 
 def _public_row(r: dict[str, str]) -> dict:
-    t = _to_float(r["time_ms_median"])
-    triton = r["backend"] == "triton"
+    backend = r["backend"]
+    if backend not in _PUBLIC_BACKENDS:
+        raise BadValue(f"backend={backend!r} is not one of {', '.join(_PUBLIC_BACKENDS)}")
+    if r["tf32"] not in _PUBLIC_TF32:
+        raise BadValue(f"tf32={r['tf32']!r} is not one of {', '.join(_PUBLIC_TF32)}")
+    t = _to_float(r["time_ms_median"], "time_ms_median")
+    triton = backend == "triton"
     cfg = {
-        "block_m": _to_int(r["block_m"]) if triton else 0,
-        "block_n": _to_int(r["block_n"]) if triton else 0,
-        "block_k": _to_int(r["block_k"]) if triton else 0,
+        "block_m": _size(r, "block_m") if triton else 0,
+        "block_n": _size(r, "block_n") if triton else 0,
+        "block_k": _size(r, "block_k") if triton else 0,
         "group_m": PUBLIC_GROUP_M if triton else 0,
         "split_k": 1 if triton else 0,
-        "num_warps": _to_int(r["num_warps"]) if triton else 0,
-        "num_stages": _to_int(r["num_stages"]) if triton else 0,
+        "num_warps": _size(r, "num_warps") if triton else 0,
+        "num_stages": _size(r, "num_stages") if triton else 0,
     }
-    if r["backend"] not in ("triton", "extern_mm"):
-        raise ValueError(f"public data: unknown backend {r['backend']!r} (expected 'triton' or 'extern_mm')")
     return {
-        "gpu": r["gpu"],
-        "m": int(r["m"]),
-        "n": int(r["n"]),
-        "k": int(r["k"]),
-        "dtype": r["dtype"],
-        "a_trans": int(_to_int(r["a_stride1"], 1) != 1),
-        "b_trans": int(_to_int(r["b_stride1"], 1) != 1),
+        "gpu": _gpu(r["gpu"]),
+        "m": _size(r, "m"),
+        "n": _size(r, "n"),
+        "k": _size(r, "k"),
+        "dtype": _dtype(r["dtype"]),
+        "a_trans": int(_to_int(r["a_stride1"], 1, "a_stride1") != 1),
+        "b_trans": int(_to_int(r["b_stride1"], 1, "b_stride1") != 1),
         "tf32": int(r["tf32"] == "True"),
         "backend": "triton" if triton else TORCH_KEY,
         "config": _config_key(cfg) if triton else "",
@@ -280,33 +335,45 @@ def _config_key(cfg: dict) -> str:
     )
 
 
+_OUR_BACKENDS = ("triton", TORCH_KEY)
+
+
 def _our_row(r: dict[str, str]) -> dict:
-    triton = r["backend"] == "triton"
-    cfg = {c: (_to_int(r.get(c)) if triton else 0) for c in CONFIG_FIELDS}
+    backend = (r.get("backend") or "").strip()
+    if backend not in _OUR_BACKENDS:
+        raise BadValue(f"backend={r.get('backend')!r} is not one of {', '.join(_OUR_BACKENDS)}")
+    triton = backend == "triton"
     status = (r.get("status") or "ok").strip()
-    t = _to_float(r.get("time_ms"))
+    if status not in STATUSES:
+        raise BadValue(f"status={status!r} is not one of {', '.join(STATUSES)}")
+    # A failed row may lack config fields (e.g. an invalid key); a measured Triton row must have them all.
+    if triton and status == "ok":
+        cfg = {c: _size(r, c) for c in CONFIG_FIELDS}
+    else:
+        cfg = {c: (_to_int(r.get(c), 0, c) if triton else 0) for c in CONFIG_FIELDS}
+    t = _to_float(r.get("time_ms"), "time_ms")
     if status != "ok" or not math.isfinite(t):
         t = math.inf
     return {
-        "gpu": r["gpu"],
-        "m": int(r["m"]),
-        "n": int(r["n"]),
-        "k": int(r["k"]),
-        "dtype": r["dtype"].replace("torch.", ""),
-        "a_trans": _to_int(r.get("a_trans")),
-        "b_trans": _to_int(r.get("b_trans")),
-        "tf32": _to_int(r.get("tf32")),
-        "backend": TORCH_KEY if r["backend"] != "triton" else "triton",
+        "gpu": _gpu(r["gpu"]),
+        "m": _size(r, "m"),
+        "n": _size(r, "n"),
+        "k": _size(r, "k"),
+        "dtype": _dtype(r["dtype"]),
+        "a_trans": _flag(r, "a_trans"),
+        "b_trans": _flag(r, "b_trans"),
+        "tf32": _flag(r, "tf32"),
+        "backend": TORCH_KEY if not triton else "triton",
         "config": (r.get("config") or _config_key(cfg)) if triton else "",
         **cfg,
         "status": status,
         "time_ms": t,
-        "power_w": _to_float(r.get("power_w")),
-        "energy_j": _to_float(r.get("energy_j")),
-        "interpreted": _to_int(r.get("interpreted")),
+        "power_w": _to_float(r.get("power_w"), "power_w"),
+        "energy_j": _to_float(r.get("energy_j"), "energy_j"),
+        "interpreted": _flag(r, "interpreted"),
         "source": "tuning",
         "capability": (r.get("capability") or "").strip(),
-        **{c: _to_float(r.get(c)) for c in DEVICE_FLOAT_COLUMNS},
+        **{c: _to_float(r.get(c), c) for c in DEVICE_FLOAT_COLUMNS},
     }
 
 
@@ -317,9 +384,12 @@ def detect_format(header: Sequence[str]) -> str:
         return "tuning"
     if set(PUBLIC_COLUMNS) <= names:
         return "public"
+    shown = ",".join(header)
+    shown = shown if len(shown) <= 80 else shown[:80] + "..."
     raise ValueError(
-        f"unrecognised CSV header {list(header)[:8]}...: expected our tuning columns"
-        f" (gpperf_torch.dataset.COLUMNS) or the public autoheuristic columns {PUBLIC_COLUMNS}"
+        f"unrecognised CSV header {shown!r}: expected our tuning columns"
+        f" (gpperf_torch.dataset.COLUMNS, written by `gpperf-torch tune`) or the public autoheuristic columns"
+        f" ({', '.join(PUBLIC_COLUMNS)})"
     )
 
 
@@ -338,20 +408,83 @@ def from_rows(rows: Iterable[dict]) -> Table:
     return Table(cols)
 
 
-def read_csv(path: str | Path) -> tuple[list[dict], str]:
-    """Rows of one CSV in Table form, and the detected format."""
+# Sniffed before parsing: a NUL byte never occurs in a CSV we can read (csv would stop on it with a less
+# helpful message), so a file holding one in its first block is reported as binary.
+_SNIFF_BYTES = 8192
+
+
+def open_text_table(path: str | Path):
+    """`path` opened for csv reading, after checks that name the file: it exists, is a regular file, is not
+    empty, is not binary. DataFileError otherwise (never modifies the file)."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"no such data file: {path}")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        fmt = detect_format(reader.fieldnames or ())
-        convert = _public_row if fmt == "public" else _our_row
-        try:
-            rows = [convert(r) for r in reader]
-        except (KeyError, ValueError) as e:
-            raise ValueError(f"{path}: line {reader.line_num}: cannot read a {fmt}-format row: {e}") from e
+    if not path.exists():
+        raise DataFileError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataFileError(f"{path}: is a directory, expected a CSV file")
+    try:
+        with path.open("rb") as f:
+            head = f.read(_SNIFF_BYTES)
+    except OSError as e:
+        raise DataFileError(f"{path}: cannot read it ({e.strerror or e})") from e
+    if not head.strip():
+        raise DataFileError(f"{path}: the file is empty (no header line)")
+    if b"\0" in head:
+        raise DataFileError(f"{path}: a binary file, not a CSV")
+    return path.open(newline="", encoding="utf-8-sig")  # -sig: a byte-order mark (spreadsheet exports) is no header
+
+
+def read_csv(path: str | Path) -> tuple[list[dict], str]:
+    """Rows of one CSV in Table form, and the detected format (see `read_csv_counted`)."""
+    rows, fmt, _ = read_csv_counted(path)
     return rows, fmt
+
+
+def read_csv_counted(path: str | Path) -> tuple[list[dict], str, int]:
+    """Rows of one CSV in Table form, the detected format, and how many malformed rows were dropped.
+
+    A row with another number of fields than the header (a write cut by a crash, a stray line) or with a value
+    that does not parse (a number cut short, an unknown dtype or status) is dropped, never read as data; one
+    warning per file says how many and why the first was. DataFileError for a file that is not a dataset.
+    """
+    path = Path(path)
+    n_fields = n_values = 0
+    first_bad = ""
+    rows: list[dict] = []
+    try:
+        with open_text_table(path) as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if not header or not any(h.strip() for h in header):
+                raise DataFileError(f"{path}: the first line is empty; expected a CSV header")
+            try:
+                fmt = detect_format(header)
+            except ValueError as e:
+                raise DataFileError(f"{path}: {e}") from None
+            convert = _public_row if fmt == "public" else _our_row
+            width = len(header)
+            for values in reader:
+                if not values:  # a blank line
+                    continue
+                if len(values) != width:
+                    n_fields += 1
+                    first_bad = first_bad or f"line {reader.line_num}: {len(values)} fields, the header has {width}"
+                    continue
+                try:
+                    rows.append(convert(dict(zip(header, values, strict=True))))
+                except BadValue as e:
+                    n_values += 1
+                    first_bad = first_bad or f"line {reader.line_num}: {e}"
+    except UnicodeDecodeError as e:
+        raise DataFileError(f"{path}: not a UTF-8 text file (byte offset {e.start}); expected a CSV") from None
+    except csv.Error as e:
+        raise DataFileError(f"{path}: not a readable CSV ({e})") from None
+    if n_fields or n_values:
+        logger.warning(
+            "%s: dropped %d malformed rows (%d with a wrong number of fields, %d with a value that does not "
+            "parse; first: %s)",
+            path, n_fields + n_values, n_fields, n_values, first_bad,
+        )  # fmt: skip
+    return rows, fmt, n_fields + n_values
 
 
 def load_table(paths: str | Path | Sequence[str | Path], *, include_interpreted: bool = False) -> Table:
@@ -362,17 +495,31 @@ def load_table(paths: str | Path | Sequence[str | Path], *, include_interpreted:
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
+    if not paths:
+        raise DataFileError("no data files given")
     rows: list[dict] = []
+    n_interp = n_dropped = 0
     for p in paths:
-        part, fmt = read_csv(p)
-        n_interp = sum(r["interpreted"] for r in part)
-        if n_interp and not include_interpreted:
-            logger.info("%s: dropping %d interpreted rows (pass include_interpreted to keep them)", p, n_interp)
+        part, fmt, dropped = read_csv_counted(p)
+        n_dropped += dropped
+        interp = sum(r["interpreted"] for r in part)
+        if interp and not include_interpreted:
+            logger.info("%s: dropping %d interpreted rows (pass include_interpreted to keep them)", p, interp)
             part = [r for r in part if not r["interpreted"]]
+            n_interp += interp
         logger.debug("%s: %d rows (%s format)", p, len(part), fmt)
         rows.extend(part)
     if not rows:
-        raise ValueError(f"no usable rows in {list(map(str, paths))}")
+        names = ", ".join(map(str, paths))
+        if n_interp:
+            raise DataFileError(
+                f"no usable rows in {names}: all {n_interp} measured rows were timed through the Triton interpreter"
+                " (`tune --interpret`), which gives CPU wall-clock times, not GPU timings, so they cannot train or"
+                " judge a model. Measure on a GPU with `gpperf-torch tune --out FILE`, or pass --include-interpreted"
+                " (include_interpreted=True) to exercise the pipeline only"
+            )
+        why = f"all {n_dropped} rows are malformed (see the warning above)" if n_dropped else "no data rows"
+        raise DataFileError(f"no usable rows in {names}: {why}")
     return from_rows(rows)
 
 

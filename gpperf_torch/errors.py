@@ -18,3 +18,16 @@ class DeviceMismatchError(ValueError, RuntimeError):
 
 class ModelError(ValueError):
     """A model file that is missing, corrupt or does not match this package (schema, candidates)."""
+
+
+class UserError(ValueError):
+    """A mistake in what the user gave (a file, an argument, an environment variable), not a bug.
+
+    The command line prints its message as one line and exits 2 (cli.main). Other ValueErrors and OSErrors get
+    the same treatment there, so a subcommand need not convert them; subclass this where a caller should be able
+    to tell the user's mistake from other failures.
+    """
+
+
+class DataFileError(UserError):
+    """A data file (tuning CSV, public data, shapes or configs list) that cannot be read as one; names the file."""

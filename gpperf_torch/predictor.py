@@ -13,13 +13,13 @@ file and the fix, never a silently wrong model.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from . import model_meta
 from .device import DeviceInfo
 from .features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, config_matrix, shape_features
 from .kernels.configs import TileConfig
@@ -118,10 +118,7 @@ class Predictor:
                     f"model file {p} not found: a model is a pair <name>.onnx + <name>.json "
                     "(or a directory with model.onnx + model.json), written by `gpperf-torch train`"
                 )
-        try:
-            meta = json.loads(json_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{json_path}: not valid JSON ({e}); re-export the model") from e
+        meta = model_meta.read(json_path)  # the whole sidecar against its schema: ModelError naming the field
         check_meta(meta, str(json_path))
         actual = file_sha256(onnx_path)
         if actual != meta["onnx_sha256"]:

@@ -27,8 +27,8 @@ def _plt():
 
 def draw_report(predictor, table, out_dir: str | Path, *, title: str = "") -> list[Path]:
     """Write predicted_vs_measured.png, regret_cdf.png and regret_by_size.png into `out_dir`."""
+    from .evaluation import regrets_per_group
     from .features import table_features
-    from .train import regrets_per_group
 
     plt = _plt()
     out_dir = Path(out_dir)
@@ -161,10 +161,12 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
     import sys
 
     from . import dataset, kernels
+    from .argtypes import check_output_dir
     from .device import short_name_of
     from .predictor import load_cli_model
     from .selector import _order, parse_objective
 
+    check_output_dir(args.out)  # an existing file named by --out: one line, before any work, the file untouched
     if args.pareto is None:
         if not args.data:
             print(

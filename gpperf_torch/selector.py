@@ -11,21 +11,25 @@ import contextlib
 import contextvars
 import json
 import logging
+import math
 import os
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import kernels
+from . import env, kernels
 from .device import KNOWN_DEVICES, DeviceInfo, device_for
 from .errors import ModelError
 from .kernels import TileConfig
+from .select_cache import DiskCache as _DiskCache
+from .select_cache import (
+    cache_dir,  # noqa: F401 (verify and users import it from here)
+    cache_token,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -55,29 +59,54 @@ class Objective:
         }[self.name]
 
 
+def _number(spec: object, arg: str, what: str, example: str) -> float:
+    try:
+        x = float(arg.strip().removesuffix("w").removesuffix("W"))
+    except ValueError:
+        raise ValueError(f"objective {spec!r}: {what} must be a number, e.g. {example!r}") from None
+    if not math.isfinite(x):
+        raise ValueError(f"objective {spec!r}: {what} must be a finite number, e.g. {example!r}")
+    return x
+
+
 def parse_objective(spec: str | Objective) -> Objective:
-    """ "time" | "energy" | "edp" | "balanced[:slack]" | "power_cap:<watts>" -> Objective (ValueError else)."""
+    """ "time" | "energy" | "edp" | "balanced[:slack]" | "power_cap:<watts>" -> Objective (ValueError else).
+
+    Case and surrounding spaces do not matter; an argument that is not a finite number, or is out of range, is
+    refused (never read as some default)."""
     if isinstance(spec, Objective):
         return spec
-    name, _, arg = str(spec).strip().lower().partition(":")
+    if not isinstance(spec, str):
+        raise TypeError(f"objective must be a string such as 'time' or 'power_cap:300', got {type(spec).__name__}")
+    name, colon, arg = spec.strip().lower().partition(":")
+    name = name.strip()
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {spec!r}; choose one of {', '.join(OBJECTIVES)} (power_cap:<watts>)")
     if name == "power_cap":
-        try:
-            watts = float(arg)
-        except ValueError:
-            raise ValueError(f"objective {spec!r}: power_cap needs a limit in watts, e.g. 'power_cap:300'") from None
+        if not arg.strip():
+            raise ValueError(f"objective {spec!r}: power_cap needs a limit in watts, e.g. 'power_cap:300'")
+        watts = _number(spec, arg, "the power cap in watts", "power_cap:300")
         if watts <= 0:
-            raise ValueError(f"objective {spec!r}: the power cap must be positive")
+            raise ValueError(f"objective {spec!r}: the power cap must be positive watts, e.g. 'power_cap:300'")
         return Objective("power_cap", watts)
     if name == "balanced":
-        slack = float(arg) if arg else DEFAULT_BALANCED_SLACK
+        if colon and not arg.strip():
+            raise ValueError(f"objective {spec!r}: give a slack after the colon, e.g. 'balanced:0.05', or none")
+        slack = _number(spec, arg, "the slack", "balanced:0.05") if colon else DEFAULT_BALANCED_SLACK
         if not 0 <= slack < 10:
-            raise ValueError(f"objective {spec!r}: slack must be a fraction such as 0.05")
+            raise ValueError(f"objective {spec!r}: slack must be a fraction in [0, 10), such as 0.05")
         return Objective("balanced", slack)
-    if arg:
+    if colon:
         raise ValueError(f"objective {spec!r}: {name} takes no argument")
     return Objective(name)
+
+
+def parse_mode(name: str) -> str:
+    """predict | verify | exhaustive, in any case (ValueError else)."""
+    md = name.strip().lower() if isinstance(name, str) else name
+    if md not in MODES:
+        raise ValueError(f"unknown mode {name!r}; choose one of {', '.join(MODES)}")
+    return md
 
 
 _objective_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("gpperf_objective", default=None)
@@ -98,8 +127,7 @@ def objective(spec: str) -> Iterator[Objective]:
 @contextlib.contextmanager
 def mode(name: str) -> Iterator[str]:
     """`with gpperf_torch.mode("verify"):` predict | verify (benchmark the top-k once) | exhaustive."""
-    if name not in MODES:
-        raise ValueError(f"unknown mode {name!r}; choose one of {', '.join(MODES)}")
+    name = parse_mode(name)
     token = _mode_var.set(name)
     try:
         yield name
@@ -144,9 +172,18 @@ class _State:
         self.model = _load_model(info, model_path)
         self.memory: dict[tuple, TileConfig | None] = {}
         self.valid: dict[str, list[TileConfig | None]] = {}
-        self.disk = _DiskCache(info, self.model.model_hash if self.model else "analytic")
-        for k, v in self.disk.load().items():
-            self.memory[k] = None if v == TORCH else TileConfig.from_key(v)
+        self._valid_sets: dict[str, frozenset] = {}
+        self.disk = _DiskCache(info, cache_token(self.model.meta if self.model else None, ANALYTIC_PARAMS))
+        self.memory.update(self.disk.load(self._usable))
+
+    def _usable(self, key: tuple, cfg: TileConfig | None) -> None:
+        """ValueError when a cached selection cannot be used here (see select_cache.DiskCache.load)."""
+        parse_objective(key[-1])
+        valid = self._valid_sets.get(key[4])
+        if valid is None:
+            valid = self._valid_sets[key[4]] = frozenset(_valid_candidates(self, key[4]))
+        if cfg not in valid:
+            raise ValueError(f"{cfg or TORCH} is not a candidate of this model valid on {self.info.name} for {key[4]}")
 
     @property
     def model_hash(self) -> str:
@@ -244,12 +281,10 @@ _env: dict[str, str] = {}
 
 
 def reload_env() -> None:
-    """Read GPPERF_OBJECTIVE and GPPERF_MODE again (they are read once, at import and at `reset()`)."""
-    obj = os.environ.get("GPPERF_OBJECTIVE") or "time"
-    parse_objective(obj)
-    md = os.environ.get("GPPERF_MODE") or "predict"
-    if md not in MODES:
-        raise ValueError(f"GPPERF_MODE={md!r} is not one of {', '.join(MODES)}")
+    """Read GPPERF_OBJECTIVE and GPPERF_MODE again (they are read once, at import and at `reset()`). A bad value
+    is warned about (naming the variable and the default) and the default used: import must never fail."""
+    obj = env.read("GPPERF_OBJECTIVE", "time", lambda v: str(parse_objective(v)))
+    md = env.read("GPPERF_MODE", "predict", parse_mode)
     _env.update(objective=obj, mode=md)
 
 
@@ -478,83 +513,6 @@ def explain(
     return out
 
 
-# ---- disk cache ----------------------------------------------------------------------------------------
-def cache_dir() -> Path:
-    env = os.environ.get("GPPERF_CACHE_DIR")
-    if env:
-        return Path(env)
-    try:
-        from platformdirs import user_cache_dir
-
-        return Path(user_cache_dir("gpperf-torch", appauthor=False))
-    except ImportError:  # platformdirs missing (e.g. a bare GPU image): the XDG default
-        return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gpperf-torch"
-
-
-def _key_to_str(key: tuple) -> str:
-    return ",".join(str(int(x)) if isinstance(x, bool) else str(x) for x in key)
-
-
-def _str_to_key(s: str) -> tuple:
-    m, n, k, batch, dtype, a_t, b_t, tf32, obj = s.split(",")
-    return (int(m), int(n), int(k), int(batch), dtype, a_t == "1", b_t == "1", tf32 == "1", obj)
-
-
-class _DiskCache:
-    """Selections per (device, model hash) in one JSON file: loaded once, flushed in batches and at exit,
-    written atomically (temp file + rename) under a file lock, merged with what other processes wrote."""
-
-    FLUSH_EVERY = 16
-    FLUSH_SECONDS = 5.0
-
-    def __init__(self, info: DeviceInfo, model_hash: str):
-        slug = "".join(ch if ch.isalnum() else "_" for ch in info.name)
-        self.path = cache_dir() / f"select-{slug}-{model_hash[:16]}.json"
-        self.pending: dict[str, str] = {}
-        self.last_flush = time.monotonic()
-        self.enabled = os.environ.get("GPPERF_DISK_CACHE", "1") != "0"
-
-    def load(self) -> dict[tuple, str]:
-        if not self.enabled or not self.path.exists():
-            return {}
-        try:
-            raw = json.loads(self.path.read_text())
-            return {_str_to_key(k): v for k, v in raw.get("selections", {}).items()}
-        except (OSError, ValueError, AttributeError) as e:
-            _warn_once(f"corrupt:{self.path}", "gpperf: ignoring corrupt selection cache %s (%s)", self.path, e)
-            return {}
-
-    def add(self, key: tuple, value: str) -> None:
-        if not self.enabled:
-            return
-        self.pending[_key_to_str(key)] = value
-        if len(self.pending) >= self.FLUSH_EVERY or time.monotonic() - self.last_flush > self.FLUSH_SECONDS:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        try:
-            from filelock import FileLock
-
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with FileLock(str(self.path) + ".lock", timeout=5):
-                merged: dict[str, str] = {}
-                if self.path.exists():
-                    try:
-                        merged = json.loads(self.path.read_text()).get("selections", {})
-                    except (OSError, ValueError, AttributeError):
-                        merged = {}  # corrupt: rewrite it whole
-                merged.update(self.pending)
-                tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-                tmp.write_text(json.dumps({"version": 1, "selections": merged}))
-                os.replace(tmp, self.path)
-            self.pending.clear()
-        except Exception as e:  # a cache must never break a matmul
-            _warn_once(f"flush:{self.path}", "gpperf: cannot write selection cache %s (%s)", self.path, e)
-        self.last_flush = time.monotonic()
-
-
 def flush_caches() -> None:
     for st in list(_states.values()):
         st.disk.flush()
@@ -570,10 +528,12 @@ _DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp3
 
 
 def add_cli(sub) -> None:
+    from .argtypes import non_negative_int, positive_int
+
     p = sub.add_parser("select", help="rank the candidate configs for one GEMM shape (works without a GPU)")
-    p.add_argument("m", type=int)
-    p.add_argument("n", type=int)
-    p.add_argument("k", type=int)
+    p.add_argument("m", type=positive_int)
+    p.add_argument("n", type=positive_int)
+    p.add_argument("k", type=positive_int)
     p.add_argument("--dtype", default="float16", help="float16|bfloat16|float32 (fp16, bf16, fp32)")
     p.add_argument("--objective", default=None, help="time | energy | edp | balanced[:slack] | power_cap:<W>")
     p.add_argument(
@@ -582,7 +542,7 @@ def add_cli(sub) -> None:
     p.add_argument("--model", default=None, help="model directory (model.onnx + model.json) to use")
     p.add_argument("--a-trans", action="store_true", help="A is a transposed view")
     p.add_argument("--b-trans", action="store_true", help="B is a transposed view (as in Linear: x @ W^T)")
-    p.add_argument("--top", type=int, default=10, help="rows to print (0: all)")
+    p.add_argument("--top", type=non_negative_int, default=10, help="rows to print (0: all)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cli_select)
 

@@ -108,7 +108,7 @@ def read_shapes(path: str | Path) -> list[Shape]:
     path = Path(path)
     try:
         text = path.read_text()
-    except OSError as e:
+    except (OSError, UnicodeDecodeError) as e:  # missing, a directory, binary
         raise ValueError(f"cannot read shapes file {str(path)!r}: {e}") from e
     lines = [ln.split("#", 1)[0].strip() for ln in text.splitlines()]
     lines = [ln for ln in lines if ln]

@@ -16,6 +16,7 @@ sweep on a Ray cluster, one worker per GPU, this process the only writer: docs/c
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import sys
@@ -78,11 +79,41 @@ from .tuning.writer import (
     DatasetLockedError,
     DatasetWriter,
     _fmt,
+    check_out_file,
     pending_work,
     repair_torn_tail,
 )
 
 logger = logging.getLogger(__name__)
+
+
+def _check_numbers(**values: Any) -> None:
+    """ValueError for a setting that means nothing (NaN, a negative budget, a count of 0): never a default."""
+    bounds = {
+        "energy_fraction": (0.0, 1.0, "in [0, 1]"), "energy_window_s": (0.0, math.inf, "> 0 seconds"),
+        "budget_s": (0.0, math.inf, "> 0 seconds"), "time_budget_ms": (0.0, math.inf, "> 0 ms"),
+        "idle_s": (0.0, math.inf, ">= 0 seconds"), "chunk": (1, math.inf, ">= 1"), "jobs": (0, math.inf, ">= 0"),
+        "random_count": (1, math.inf, ">= 1"), "max_shapes": (1, math.inf, ">= 1"),
+        "configs_per_shape": (1, math.inf, ">= 1"),
+    }  # fmt: skip
+    open_low = {"energy_window_s", "budget_s", "time_budget_ms"}
+    ints = {"chunk", "jobs", "random_count", "max_shapes", "configs_per_shape"}
+    for name, v in values.items():
+        if v is None and name in ("budget_s", "jobs", "max_shapes", "configs_per_shape"):
+            continue  # None: no limit / the default
+        low, high, want = bounds[name]
+        if name in ints:
+            ok = isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+        else:
+            ok = (
+                isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and math.isfinite(v)
+                and (v > low if name in open_low else v >= low)
+                and v <= high
+            )
+        if not ok:
+            raise ValueError(f"{name} must be {'an integer ' if name in ints else ''}{want}, got {v!r}")
 
 
 def tune(
@@ -129,12 +160,12 @@ def tune(
     a failure row. See docs/cluster.md.
     """
     t_start = time.monotonic()
-    if not 0.0 <= energy_fraction <= 1.0:
-        raise ValueError(f"energy_fraction must be in [0, 1], got {energy_fraction}")
-    if energy_window_s <= 0:
-        raise ValueError(f"energy_window_s must be > 0, got {energy_window_s}")
-    if budget_s is not None and budget_s <= 0:
-        raise ValueError(f"budget_s must be > 0 seconds, got {budget_s}")
+    _check_numbers(
+        energy_fraction=energy_fraction, energy_window_s=energy_window_s, budget_s=budget_s,
+        time_budget_ms=time_budget_ms, idle_s=idle_s, chunk=chunk, jobs=jobs, random_count=random_count,
+        max_shapes=max_shapes, configs_per_shape=configs_per_shape,
+    )  # fmt: skip
+    check_out_file(out)  # someone else's file is refused before any work (and never modified)
     bad_layouts = [x for x in layouts if x not in LAYOUTS]
     if bad_layouts:
         raise ValueError(f"unknown layouts {bad_layouts}; use {', '.join(LAYOUTS)}")
@@ -222,7 +253,8 @@ def tune(
 
         idle_power = None
         if work and meter.available:
-            idle_power = meter.idle_power_w(idle_s)
+            # Under a budget the idle measurement takes at most a tenth of it: the budget is the user's.
+            idle_power = meter.idle_power_w(idle_s if budget_s is None else min(idle_s, budget_s / 10))
             if idle_power is not None:
                 logger.info("idle power %.1f W over %.1f s", idle_power, idle_s)
         if work and not interpret:
@@ -236,6 +268,9 @@ def tune(
 
         def out_of_time() -> bool:
             return budget_s is not None and _over_budget(t_start, budget_s, summary.rows_written, t_loop)
+
+        def time_left() -> float:
+            return math.inf if budget_s is None else budget_s - (time.monotonic() - t_start)
 
         run = _Run(
             writer=writer,
@@ -256,6 +291,7 @@ def tune(
             seed=seed,
             progress=progress,
             out_of_time=out_of_time,
+            time_left=time_left,
             batch_runner=bench.batch_runner,
         )
         run_local(work, run)

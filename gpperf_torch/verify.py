@@ -10,13 +10,12 @@ dataset (the tuning CSV schema) that `gpperf-torch train` can use later.
 from __future__ import annotations
 
 import logging
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from . import kernels
+from . import env, kernels
 from .dataset import COLUMNS
 from .kernels import TileConfig
 
@@ -28,7 +27,7 @@ BUDGET_MS = 5.0
 
 
 def verify_top_k() -> int:
-    return max(1, int(os.environ.get("GPPERF_VERIFY_TOP_K", DEFAULT_TOP_K)))
+    return env.positive_int("GPPERF_VERIFY_TOP_K", DEFAULT_TOP_K)
 
 
 def dataset_path(device_name: str) -> Path:

@@ -105,13 +105,13 @@ def test_env_objective_and_mode(fresh, monkeypatch):
     monkeypatch.setenv("GPPERF_OBJECTIVE", "edp")
     selector.reset()
     assert selector.current_objective() == "edp"
+    # A bad value falls back to the default with a warning (tests/test_env_objectives.py): import never fails.
     monkeypatch.setenv("GPPERF_OBJECTIVE", "fastest")
-    with pytest.raises(ValueError, match="unknown objective"):
-        selector.reset()
-    monkeypatch.setenv("GPPERF_OBJECTIVE", "time")
+    selector.reset()
+    assert selector.current_objective() == "time"
     monkeypatch.setenv("GPPERF_MODE", "guess")
-    with pytest.raises(ValueError, match="GPPERF_MODE"):
-        selector.reset()
+    selector.reset()
+    assert selector._env["mode"] == "predict"
     monkeypatch.delenv("GPPERF_MODE")
 
 

@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any
 
+from ..argtypes import fraction, non_negative_float, non_negative_int, positive_float, positive_int
 from ..shapes import PRESETS
 from .plan import LAYOUTS
 from .ray_exec import RayUnavailableError
@@ -38,24 +39,26 @@ def add_cli(subparsers: Any) -> None:
     )
     p.add_argument("--tf32", action="store_true", help="let fp32 inputs use TF32 (recorded in the tf32 column)")
     p.add_argument("--configs", metavar="FILE", help="TileConfig keys to measure instead of the candidate space")
-    p.add_argument("--configs-per-shape", type=int, metavar="N", help="seeded, stratified sample per shape")
+    p.add_argument("--configs-per-shape", type=positive_int, metavar="N", help="seeded, stratified sample per shape")
     p.add_argument("--no-torch-baseline", action="store_true", help="skip the torch.matmul row per shape")
-    p.add_argument("--budget-s", type=float, metavar="S", help="stop cleanly after S seconds (rerun resumes)")
-    p.add_argument("--time-budget-ms", type=float, default=25.0, help="timing budget per row (default 25 ms)")
-    p.add_argument("--energy-window-s", type=float, default=0.25, help="NVML energy window per row (0.25 s)")
+    p.add_argument("--budget-s", type=positive_float, metavar="S", help="stop cleanly after S seconds (rerun resumes)")
+    p.add_argument("--time-budget-ms", type=positive_float, default=25.0, help="timing budget per row (default 25 ms)")
+    p.add_argument("--energy-window-s", type=positive_float, default=0.25, help="NVML energy window per row (0.25 s)")
     p.add_argument(
         "--energy-fraction",
-        type=float,
+        type=fraction,
         default=1.0,
         help="share of rows that get an energy window (default 1; torch baselines always do)",
     )
     p.add_argument("--no-energy", action="store_true", help="runtime only (same as --energy-fraction 0)")
-    p.add_argument("--idle-s", type=float, default=1.0, help="seconds to measure idle power before the run")
-    p.add_argument("--chunk", type=int, default=4, help="configs per shape per round-robin pass (default 4)")
-    p.add_argument("--jobs", type=int, help="precompile processes (default: CPU count - 1; 0 disables)")
+    p.add_argument(
+        "--idle-s", type=non_negative_float, default=1.0, help="seconds to measure idle power before the run"
+    )
+    p.add_argument("--chunk", type=positive_int, default=4, help="configs per shape per round-robin pass (default 4)")
+    p.add_argument("--jobs", type=non_negative_int, help="precompile processes (default: CPU count - 1; 0 disables)")
     p.add_argument("--seed", type=int, default=0, help="seed for random shapes, config samples and order")
-    p.add_argument("--random-count", type=int, default=200, help="shapes drawn by --preset random")
-    p.add_argument("--max-shapes", type=int, metavar="N", help="measure a seeded sample of N shapes")
+    p.add_argument("--random-count", type=positive_int, default=200, help="shapes drawn by --preset random")
+    p.add_argument("--max-shapes", type=positive_int, metavar="N", help="measure a seeded sample of N shapes")
     p.add_argument("--interpret", action="store_true", help="no GPU: tiny shapes through the Triton interpreter")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ray = p.add_argument_group("cluster (needs gpperf-torch[cluster]; see docs/cluster.md)")

@@ -220,6 +220,7 @@ class _Run:
     seed: int
     progress: _Progress
     out_of_time: Callable[[], bool]
+    time_left: Callable[[], float] = lambda: math.inf  # seconds of the budget left (inf: none)
     batch_runner: Callable[..., tuple[Callable[[], int], Callable[[], None]]] = measure.cuda_batch_runner
 
     def emit(self, row: dict[str, Any]) -> None:
@@ -274,8 +275,9 @@ def _visit(items: list[WorkItem], run: _Run) -> bool:
                     row.update(status="invalid", error=f"{cfg.key} for {p.dtype} on {run.info.short_name}: {reason}")
                     run.emit(row)
                     continue
-                if run.pool is not None:
-                    run.pool.wait(variant_of(it))
+                # A compile can take seconds: wait no longer than the budget, stop before the row if it ends.
+                if run.pool is not None and not run.pool.wait(variant_of(it), timeout=min(600.0, run.time_left())):
+                    return True
 
                 def fn(i: int, cfg=cfg) -> Any:
                     a, b, c = sets.operands(i)

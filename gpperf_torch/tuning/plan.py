@@ -132,14 +132,20 @@ def read_configs(path: str | Path) -> list[Any]:
     path = Path(path)
     try:
         lines = [ln.split("#", 1)[0].strip() for ln in path.read_text().splitlines()]
-    except OSError as e:
+    except (OSError, UnicodeDecodeError) as e:  # missing, a directory, binary
         raise ValueError(f"cannot read configs file {str(path)!r}: {e}") from e
     lines = [ln for ln in lines if ln]
     if lines and "config" in [c.strip() for c in lines[0].split(",")]:
         lines = [r["config"] for r in csv.DictReader(lines) if r.get("config")]
     if not lines:
         raise ValueError(f"configs file {str(path)!r} names no configs; write one key like 64x64x32_g8_s1_w4_st3")
-    return list(dict.fromkeys(TileConfig.from_key(ln) for ln in lines))
+    out = []
+    for ln in lines:
+        try:
+            out.append(TileConfig.from_key(ln))
+        except ValueError as e:
+            raise ValueError(f"configs file {str(path)!r}: {e}") from None
+    return list(dict.fromkeys(out))
 
 
 def order_work(per_problem: dict[Problem, list[WorkItem]], *, chunk: int, seed: int) -> list[WorkItem]:

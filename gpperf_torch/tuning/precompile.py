@@ -88,14 +88,15 @@ class Precompiler:
         with contextlib.suppress(OSError, ValueError):
             proc.stdin.close()
 
-    def wait(self, variant: tuple | None, timeout: float = 600.0) -> None:
+    def wait(self, variant: tuple | None, timeout: float = 600.0) -> bool:
+        """Until `variant` is compiled or left to the caller; False when `timeout` seconds passed first."""
         if variant is None:
-            return
+            return True
         with self._cv:
             if variant in self._pending:
                 self._pending.remove(variant)
-                return
-            self._cv.wait_for(lambda: variant not in self._running, timeout=timeout)
+                return True
+            return self._cv.wait_for(lambda: variant not in self._running, timeout=max(0.0, timeout))
 
     def close(self) -> None:
         with self._cv:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..dataset import COLUMNS, KEY_COLUMNS
+from ..errors import DataFileError
 from .plan import Problem, WorkItem, order_work
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,48 @@ class DatasetLockedError(RuntimeError):
 
 
 # ---- the CSV --------------------------------------------------------------------------------------
+HEADER_LINE = (",".join(COLUMNS) + "\n").encode()
+# The header of files written before the `worker` column: still ours, resumed in their own layout.
+OLD_HEADER_LINE = (",".join(COLUMNS_BEFORE_WORKER) + "\n").encode()
+
+
+def check_out_file(path: str | Path) -> None:
+    """Refuse an output path that is not a gpperf tuning dataset, before anything is created or changed there.
+
+    Passes a missing or empty file, a file whose first line is this version's header (or the header from before
+    the `worker` column, resumed in its own layout), and a file holding only the start of the header (a run
+    killed while writing it). Anything else (someone else's CSV, another layout, a binary file, a directory) is
+    a DataFileError: the torn-line repair must never cut a file that is not ours.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise DataFileError(f"{path}: is a directory; --out names the CSV file to write, e.g. {path / 'tune.csv'}")
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise DataFileError(f"{path}: not a regular file; --out names the CSV file to write")
+    with open(path, "rb") as f:
+        head = f.read(len(HEADER_LINE))
+        more = bool(f.read(1))
+    if not head or head == HEADER_LINE or head.startswith(OLD_HEADER_LINE):
+        return
+    if not more and HEADER_LINE.startswith(head) and b"\n" not in head:
+        return  # only the start of our header: a run killed while writing it
+    if b"\0" in head:
+        raise DataFileError(f"{path}: exists and is a binary file, not a gpperf tuning dataset; nothing was changed")
+    try:
+        first = head.decode("utf-8").split("\n", 1)[0]
+    except UnicodeDecodeError:
+        raise DataFileError(
+            f"{path}: exists and is not a UTF-8 text file, not a gpperf tuning dataset; nothing was changed"
+        ) from None
+    shown = first if len(first) <= 80 else first[:80] + "..."
+    raise DataFileError(
+        f"{path}: exists and is not a gpperf tuning dataset of this version (first line {shown!r}); nothing was "
+        "changed: pass a new --out or move the file"
+    )
+
+
 def repair_torn_tail(path: str | Path) -> int:
     """Truncate a partial last line (a write cut by a kill or crash); return the bytes removed."""
     path = Path(path)
@@ -81,6 +124,7 @@ class DatasetWriter:
         from filelock import FileLock, Timeout
 
         self.path = Path(path)
+        check_out_file(self.path)  # before the directory, the lock or the repair touch anything
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = FileLock(str(self.path) + LOCK_SUFFIX)
         try:
@@ -91,6 +135,7 @@ class DatasetWriter:
                 f"wait for that run to finish, or pass a different --out"
             ) from None
         try:
+            check_out_file(self.path)  # again under the lock: another process may have written it meanwhile
             self.columns: tuple[str, ...] = COLUMNS  # what the file's header names: COLUMNS or an older prefix
             self.repaired_bytes = repair_torn_tail(self.path)
             self.existing: set[tuple[str, ...]] = set()

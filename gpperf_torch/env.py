@@ -1,0 +1,70 @@
+"""The GPPERF_* environment variables, read in one place: a bad value never breaks `import gpperf_torch` or
+`gpperf-torch --help`. It is logged once as a warning that names the variable, the value, why, and the default
+used instead (the explicit API, `gpperf_torch.objective(...)` and `mode(...)`, still raises on bad values).
+
+| variable | meaning | default |
+| --- | --- | --- |
+| GPPERF_OBJECTIVE | time, energy, edp, balanced[:slack], power_cap:<W> | time |
+| GPPERF_MODE | predict, verify, exhaustive (any case) | predict |
+| GPPERF_MODEL | model directory; checked when first used (a ModelError there) | the shipped model |
+| GPPERF_DISK_CACHE | 1/0, on/off, true/false, yes/no (any case) | 1 |
+| GPPERF_CACHE_DIR | where selections are cached | the user cache dir |
+| GPPERF_VERIFY_TOP_K | candidates timed by verify mode, an integer >= 1 | 3 |
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import TypeVar
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_warned: set[tuple[str, str]] = set()
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def read(name: str, default: T, parse: Callable[[str], T]) -> T:
+    """`parse(os.environ[name])`, or `default` when unset or empty, or when parse raises ValueError (warned once
+    per value)."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return parse(raw)
+    except ValueError as e:
+        if (name, raw) not in _warned:
+            _warned.add((name, raw))
+            logger.warning("gpperf: ignoring %s=%r (%s); using the default %r", name, raw, e, default)
+        return default
+
+
+def parse_bool(raw: str) -> bool:
+    v = raw.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise ValueError(f"expected one of {', '.join(_TRUE + _FALSE)}")
+
+
+def parse_positive_int(raw: str) -> int:
+    try:
+        v = int(raw.strip())
+    except ValueError:
+        raise ValueError("not an integer") from None
+    if v < 1:
+        raise ValueError("must be at least 1")
+    return v
+
+
+def flag(name: str, default: bool) -> bool:
+    return read(name, default, parse_bool)
+
+
+def positive_int(name: str, default: int) -> int:
+    return read(name, default, parse_positive_int)

@@ -1,0 +1,312 @@
+"""Evaluation: prediction accuracy and selection metrics of a model on measured data.
+
+Selection metrics are per group (one GEMM problem on one GPU): the model picks the Triton config with the
+lowest predicted time among those measured for the group, and regret = measured time of the pick / measured
+time of the group's best Triton config. `predictor` is anything with `targets` and `predict_features` (a
+loaded Predictor or a fitted forest), so held-out numbers measure what ships.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .dataset import TORCH_KEY, Table
+from .features import table_features
+
+ENERGY_TARGETS = ("power_w", "energy_j")
+
+
+def energy_rows(table: Table, rows: np.ndarray | None = None) -> np.ndarray:
+    """Boolean mask: ok rows (of `rows`) with a finite positive power_w and energy_j."""
+    sel = table.ok if rows is None else (np.asarray(rows) & table.ok)
+    for t in ENERGY_TARGETS:
+        col = table[t] if t in table else np.full(len(table), np.nan)
+        sel = sel & np.isfinite(col) & (col > 0)
+    return sel
+
+
+def rank_static_configs(table: Table, rows: np.ndarray) -> list[str]:
+    """Triton configs ordered by the number of groups (within `rows`) where each was the fastest."""
+    wins: dict[str, int] = {}
+    for g in _groups(table, rows):
+        if g.triton_best is not None:
+            wins[g.triton_best] = wins.get(g.triton_best, 0) + 1
+    return sorted(wins, key=lambda k: (-wins[k], k))
+
+
+# ---- evaluation ----------------------------------------------------------------------------------------
+@dataclass
+class _Group:
+    index: int
+    size: float  # log2(M*N*K)
+    triton_keys: list[str]
+    triton_rows: np.ndarray  # one row per distinct config (duplicates: the first)
+    triton_time: np.ndarray  # measured, inf = failed
+    torch_row: int | None
+    torch_time: float
+
+    @property
+    def triton_best(self) -> str | None:
+        if not len(self.triton_time) or not np.isfinite(self.triton_time).any():
+            return None
+        return self.triton_keys[int(np.argmin(self.triton_time))]
+
+
+def _groups(table: Table, rows: np.ndarray | None = None) -> list[_Group]:
+    """Per-group views of the measured candidates (duplicate measurements of one config: their median)."""
+    gid = table.group_id
+    idx = np.flatnonzero(rows) if rows is not None else np.arange(len(table))
+    idx = idx[np.argsort(gid[idx], kind="stable")]
+    bounds = np.flatnonzero(np.diff(gid[idx])) + 1
+    t_all = np.where(table.ok, table["time_ms"], np.inf)
+    backend = table["backend"]
+    config = table["config"]
+    out = []
+    for part in np.split(idx, bounds):
+        if not len(part):
+            continue
+        first: dict[str, int] = {}
+        times: dict[str, list[float]] = {}
+        for r in part.tolist():
+            key = config[r] if backend[r] == "triton" else TORCH_KEY
+            first.setdefault(key, r)
+            times.setdefault(key, []).append(t_all[r])
+        tri = [k for k in first if k != TORCH_KEY]
+        r0 = part[0]
+        out.append(
+            _Group(
+                index=int(gid[r0]),
+                size=math.log2(float(table["m"][r0]) * float(table["n"][r0]) * float(table["k"][r0])),
+                triton_keys=tri,
+                triton_rows=np.array([first[k] for k in tri], dtype=np.int64),
+                triton_time=np.array([float(np.median(times[k])) for k in tri]),
+                torch_row=first.get(TORCH_KEY),
+                torch_time=float(np.median(times[TORCH_KEY])) if TORCH_KEY in times else math.inf,
+            )
+        )
+    return out
+
+
+def _geomean(x) -> float:
+    x = np.asarray(x, dtype=np.float64)
+    return float(np.exp(np.mean(np.log(x)))) if len(x) else math.nan
+
+
+def _r2(y: np.ndarray, p: np.ndarray) -> float:
+    ss = float(np.sum((y - y.mean()) ** 2))
+    return 1.0 - float(np.sum((y - p) ** 2)) / ss if ss > 0 else math.nan
+
+
+def selection_latency_ms(predictor, n_candidates: int = 30, repeats: int = 200) -> float | None:
+    """Median ms to score `n_candidates` configs for one shape through `predictor.predict` (None if absent)."""
+    if not hasattr(predictor, "predict") or not hasattr(predictor, "candidates"):
+        return None
+    cands = predictor.candidates[:n_candidates]
+    cands = cands + [cands[0]] * (n_candidates - len(cands))
+    from .features import config_matrix
+
+    matrix = config_matrix(cands)
+    times = []
+    for i in range(repeats):
+        m = 256 + 64 * (i % 7)  # vary the shape so no cache above us could help
+        t0 = time.perf_counter()
+        predictor.predict(m, 4096, 4096, "float16", False, False, False, cfgs=matrix)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)
+
+
+def evaluate(predictor, table: Table, *, device_lookup=None, static_ranking: list[str] | None = None) -> dict:
+    """Prediction accuracy and selection quality of `predictor` on every group of `table`.
+
+    `predictor` is anything with `targets` and `predict_features(X) -> (n, n_targets)` in linear units (a
+    loaded Predictor, or a Fitted forest). The best-static baseline uses `static_ranking` (default: the one the
+    model recorded from its training groups; failing that, from `table` itself, which flatters the baseline).
+    """
+    if len(table) == 0:
+        raise ValueError("evaluate: the table is empty")
+    targets = tuple(predictor.targets)
+    X = table_features(table, device_lookup)
+    pred = predictor.predict_features(X)
+    res: dict = {"n_rows": len(table), "n_shapes": table.n_groups}
+
+    ok = table.ok
+    for i, t in enumerate(targets):
+        sel = ok & np.isfinite(table[t]) & (table[t] > 0) if t in table else np.zeros(len(table), bool)
+        if not sel.any():
+            continue
+        y, p = table[t][sel], pred[sel, i]
+        ape = np.abs(p - y) / y
+        short = t.split("_")[0]
+        res[f"r2_log_{short}"] = _r2(np.log(y), np.log(p))
+        res[f"mape_{short}"] = float(np.mean(ape))
+        res[f"median_ape_{short}"] = float(np.median(ape))
+
+    if static_ranking is None:
+        static_ranking = list(getattr(predictor, "meta", {}).get("baseline_static_ranking") or [])
+        res["baseline_static_source"] = "model" if static_ranking else "eval-data"
+        if not static_ranking:
+            static_ranking = rank_static_configs(table, np.ones(len(table), bool))
+    rank = {k: i for i, k in enumerate(static_ranking)}
+
+    regrets, static_regrets, median_regrets, top1, sizes = [], [], [], [], []
+    speedups, oracle_speedups, triton_only_speedups = [], [], []
+    n_failed_pick = 0
+    pt = pred[:, 0]
+    for g in _groups(table):
+        finite = np.isfinite(g.triton_time)
+        if not finite.any():
+            continue
+        best = float(g.triton_time[finite].min())
+        # The selector filters configs that cannot run (validity check); here: those that failed to run.
+        p = np.where(finite, pt[g.triton_rows], np.inf)
+        pick = int(np.argmin(p))
+        n_failed_pick += int(not np.isfinite(g.triton_time[int(np.argmin(pt[g.triton_rows]))]))
+        regrets.append(g.triton_time[pick] / best)
+        top1.append(g.triton_time[pick] == best)
+        sizes.append(g.size)
+        median_regrets.append(float(np.median(g.triton_time[finite])) / best)
+        ranked = sorted((rank.get(k, len(rank)), j) for j, k in enumerate(g.triton_keys) if finite[j])
+        static_regrets.append(g.triton_time[ranked[0][1]] / best)
+        if g.torch_row is not None and math.isfinite(g.torch_time):
+            chosen = g.torch_time if pt[g.torch_row] < p[pick] else g.triton_time[pick]
+            speedups.append(g.torch_time / chosen)
+            triton_only_speedups.append(g.torch_time / g.triton_time[pick])
+            oracle_speedups.append(g.torch_time / min(best, g.torch_time))
+
+    r = np.asarray(regrets)
+    res.update(
+        n_shapes_selected=len(r),
+        geomean_regret=_geomean(r),
+        p90_regret=float(np.quantile(r, 0.9)) if len(r) else math.nan,
+        max_regret=float(r.max()) if len(r) else math.nan,
+        within_5pct=float(np.mean(r <= 1.05)) if len(r) else math.nan,
+        top1_agreement=float(np.mean(top1)) if len(r) else math.nan,
+        picks_of_failed_configs=n_failed_pick,
+        baseline_best_static_regret=_geomean(static_regrets),
+        baseline_best_static_config=static_ranking[0] if static_ranking else None,
+        baseline_median_config_regret=_geomean(median_regrets),
+    )
+    if speedups:
+        res.update(
+            speedup_vs_extern_geomean=_geomean(speedups),
+            speedup_vs_extern_triton_only_geomean=_geomean(triton_only_speedups),
+            speedup_vs_extern_oracle_geomean=_geomean(oracle_speedups),
+            n_shapes_with_extern=len(speedups),
+        )
+    res["regret_by_size"] = _by_size(np.asarray(sizes), r)
+    if "energy_j" in targets:
+        res.update(_energy_selection(table, pred[:, targets.index("energy_j")], pt))
+    latency = selection_latency_ms(predictor)
+    if latency is not None:
+        res["selection_latency_ms_30"] = latency
+    return res
+
+
+# Energy-selection regret is computed over groups where at least this many candidates have measured energy.
+MIN_ENERGY_CONFIGS = 3
+
+
+def _energy_selection(table: Table, pred_energy: np.ndarray, pred_time: np.ndarray) -> dict:
+    """Energy-selection metrics over the groups where >= MIN_ENERGY_CONFIGS candidates (Triton configs and torch,
+    as the selector's `energy` objective ranks both) have measured energy: regret = measured energy of the
+    candidate with the lowest predicted energy / the lowest measured energy among them; and, for reference, the
+    same regret of the time objective's pick (lowest predicted time), which shows what the energy head buys."""
+    e_rows = energy_rows(table)
+    if not e_rows.any():
+        return {"n_shapes_energy": 0}
+    gid = table.group_id
+    idx = np.flatnonzero(e_rows)
+    idx = idx[np.argsort(gid[idx], kind="stable")]
+    keys = np.where(table["backend"] == "triton", table["config"], TORCH_KEY)
+    energy = table["energy_j"]
+    regrets, time_pick_regrets = [], []
+    for part in np.split(idx, np.flatnonzero(np.diff(gid[idx])) + 1):
+        firsts: dict[str, int] = {}
+        measured: dict[str, list[float]] = {}
+        for r in part.tolist():
+            firsts.setdefault(keys[r], r)
+            measured.setdefault(keys[r], []).append(float(energy[r]))
+        if len(firsts) < MIN_ENERGY_CONFIGS:
+            continue
+        rows_ = np.array(list(firsts.values()))
+        e = np.array([float(np.median(v)) for v in measured.values()])
+        regrets.append(e[int(np.argmin(pred_energy[rows_]))] / e.min())
+        time_pick_regrets.append(e[int(np.argmin(pred_time[rows_]))] / e.min())
+    if not regrets:
+        return {"n_shapes_energy": 0}
+    r = np.asarray(regrets)
+    return {
+        "n_shapes_energy": len(r),
+        "energy_geomean_regret": _geomean(r),
+        "energy_p90_regret": float(np.quantile(r, 0.9)),
+        "energy_max_regret": float(r.max()),
+        "energy_within_5pct": float(np.mean(r <= 1.05)),
+        "energy_regret_of_time_pick": _geomean(time_pick_regrets),
+    }
+
+
+def _by_size(sizes: np.ndarray, regrets: np.ndarray) -> list[dict]:
+    """Geomean regret per 6-wide bin of log2(M*N*K)."""
+    out = []
+    if not len(sizes):
+        return out
+    lo = 6 * math.floor(sizes.min() / 6)
+    while lo <= sizes.max():
+        sel = (sizes >= lo) & (sizes < lo + 6)
+        if sel.any():
+            out.append({"log2_mnk": [lo, lo + 6], "n": int(sel.sum()), "geomean_regret": _geomean(regrets[sel])})
+        lo += 6
+    return out
+
+
+def _pool_by_size(bins: list[dict]) -> list[dict]:
+    """Merge _by_size bins (of several splits) with the same range: counts add, geomeans weigh by count."""
+    pooled: dict[tuple, list[float]] = {}
+    for b in bins:
+        acc = pooled.setdefault(tuple(b["log2_mnk"]), [0.0, 0.0])
+        acc[0] += b["n"]
+        acc[1] += b["n"] * math.log(b["geomean_regret"])
+    return [
+        {"log2_mnk": list(k), "n": int(n), "geomean_regret": math.exp(s / n)} for k, (n, s) in sorted(pooled.items())
+    ]
+
+
+def regrets_per_group(predictor, table: Table, device_lookup=None) -> tuple[np.ndarray, np.ndarray]:
+    """(log2 MNK, regret) of every group with a finite Triton time: for plots (report.py)."""
+    pt = predictor.predict_features(table_features(table, device_lookup))[:, 0]
+    sizes, regrets = [], []
+    for g in _groups(table):
+        finite = np.isfinite(g.triton_time)
+        if finite.any():
+            p = np.where(finite, pt[g.triton_rows], np.inf)
+            regrets.append(g.triton_time[int(np.argmin(p))] / g.triton_time[finite].min())
+            sizes.append(g.size)
+    return np.asarray(sizes), np.asarray(regrets)
+
+
+def combine_splits(runs: list[dict]) -> dict:
+    """One metrics dict from several splits' `evaluate` outputs: ratios (regrets, speedups) by geometric mean,
+    max_* by max, counts and other numbers by mean; regret_by_size pools the bins of every split; names (the best
+    static config) are the first split's. Adds n_splits."""
+    out: dict = {}
+    for key, first in runs[0].items():
+        vals = [r.get(key) for r in runs]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals)
+        if key == "regret_by_size":
+            out[key] = _pool_by_size([b for r in runs for b in r.get(key, [])])
+        elif not numeric or len(runs) == 1:
+            out[key] = first
+        elif all(isinstance(v, int) for v in vals):
+            out[key] = int(round(float(np.mean(vals))))
+        elif key.startswith("max_"):
+            out[key] = float(max(vals))
+        elif "regret" in key or "speedup" in key:
+            out[key] = _geomean(vals)
+        else:
+            out[key] = float(np.mean(vals))
+    out["n_splits"] = len(runs)
+    return out
