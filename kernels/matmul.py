@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from .configs import TileConfig, check_config, elem_size
+from .launcher import LeanKernel
 
 _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
 _TL_DTYPE = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
@@ -157,15 +158,20 @@ def _splitk_reduce_kernel(
     tl.store(c_ptr + row * stride_cm + col * stride_cn, acc.to(c_ptr.dtype.element_ty), mask=mask)
 
 
+# Both kernels launch through the lean path when it is on (kernels/launcher.py; off by default).
+_MATMUL = LeanKernel(_matmul_kernel)
+_REDUCE = LeanKernel(_splitk_reduce_kernel)
+
+
+class NotCompiledError(RuntimeError):
+    """`launch(..., compiled_only=True)` met a kernel that would have to be compiled first (e.g. during a CUDA
+    graph capture, where compiling must not happen)."""
+
+
 @functools.lru_cache(maxsize=8192)
 def _config_reason(cfg: TileConfig, dtype: torch.dtype, max_shared_memory: int | None) -> str | None:
     # launch() runs on every GEMM: validate each (config, dtype, device limit) once.
     return check_config(cfg, elem_size=elem_size(dtype), max_shared_memory=max_shared_memory)
-
-
-def _span(t: torch.Tensor) -> int:
-    """Largest element offset reachable in one matrix of `t` (for choosing 64-bit indexing)."""
-    return sum((s - 1) * abs(st) for s, st in zip(t.shape[-2:], t.stride()[-2:], strict=True)) + 1
 
 
 def check_inputs(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> None:
@@ -202,15 +208,21 @@ def launch(
     allow_tf32: bool | None = None,
     max_shared_memory: int | None = None,
     bias: torch.Tensor | None = None,
+    check: bool = True,
+    compiled_only: bool = False,
 ) -> torch.Tensor:
     """Compute ``out = a @ b (+ bias)`` (2-D, or 3-D batched) with tile config `cfg`: check, allocate, launch.
 
     Any strides (transposed or sliced views are read in place, never copied). `bias` (N,) is added to every
     row in the kernel's epilogue (in fp32, before the cast to the output dtype).
+    check=False skips the operand checks (the op has done them once per call already).
+    compiled_only=True raises NotCompiledError, before launching anything, where a kernel would have to be
+    compiled first (inside a CUDA graph capture nothing may be compiled).
     """
     from .configs import DEFAULT_CONFIG
 
-    check_inputs(a, b, out)
+    if check:
+        check_inputs(a, b, out)
     if bias is not None and (
         bias.dim() != 1 or bias.shape[0] != b.shape[-1] or bias.device != a.device or not bias.is_floating_point()
     ):
@@ -236,8 +248,14 @@ def launch(
     precision = "tf32" if (a.dtype == torch.float32 and allow_tf32) else "ieee"
     if a.dtype != torch.float32:
         precision = "tf32"  # ignored by tl.dot for 16-bit inputs; keep one compiled variant
-    upcast = interpreting() and a.dtype == torch.bfloat16
-    index_64 = max(_span(a), _span(b), _span(out)) > _INT32_MAX
+    upcast = _INTERPRETING and a.dtype == torch.bfloat16
+    sam, sak = a.stride()[-2:]
+    sbk, sbn = b.stride()[-2:]
+    scm, scn = out.stride()[-2:]
+    # 64-bit offsets when the largest element offset reachable in one matrix does not fit in int32
+    index_64 = max((M - 1) * sam + (K - 1) * sak, (K - 1) * sbk + (N - 1) * sbn, (M - 1) * scm + (N - 1) * scn) >= (
+        _INT32_MAX
+    )
 
     def bstride(t: torch.Tensor) -> int:
         return t.stride(0) if t.dim() == 3 else 0
@@ -245,14 +263,18 @@ def launch(
     split_k = min(cfg.split_k, triton.cdiv(K, cfg.block_k))  # never launch empty K slices
     if split_k > 1 and split_k * M * N > _INT32_MAX:
         split_k = 1  # the fp32 workspace would need 64-bit indexing in the reduction; big outputs gain nothing
-    grid = (triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n), split_k, batch)
+    grid = (((M + cfg.block_m - 1) // cfg.block_m) * ((N + cfg.block_n - 1) // cfg.block_n), split_k, batch)
     if split_k == 1:
         target = out
-        stride_cb, stride_cs, stride_cm, stride_cn = bstride(out), 0, out.stride(-2), out.stride(-1)
+        stride_cb, stride_cs, stride_cm, stride_cn = bstride(out), 0, scm, scn
     else:
         target = torch.empty((batch, split_k, M, N), dtype=torch.float32, device=a.device)
         stride_cb, stride_cs, stride_cm, stride_cn = target.stride()
-    _matmul_kernel[grid](
+    pending: list = []
+    mm_kernel, reduce_kernel = (
+        (_MATMUL, _REDUCE) if not compiled_only else (_Deferred(_MATMUL, pending), _Deferred(_REDUCE, pending))
+    )
+    mm_kernel[grid](
         a,
         b,
         target,
@@ -261,11 +283,11 @@ def launch(
         N,
         K,
         bstride(a),
-        a.stride(-2),
-        a.stride(-1),
+        sam,
+        sak,
         bstride(b),
-        b.stride(-2),
-        b.stride(-1),
+        sbk,
+        sbn,
         stride_cb,
         stride_cs,
         stride_cm,
@@ -285,7 +307,7 @@ def launch(
     )
     if split_k > 1:
         block = 1024
-        _splitk_reduce_kernel[(triton.cdiv(M * N, block), 1, batch)](
+        reduce_kernel[(triton.cdiv(M * N, block), 1, batch)](
             target,
             out,
             out if bias is None else bias,
@@ -301,4 +323,28 @@ def launch(
             BLOCK=block,
             HAS_BIAS=bias is not None,
         )
+    if compiled_only:
+        _launch_if_compiled(pending, f"{tuple(a.shape)} @ {tuple(b.shape)} {a.dtype} with {cfg.key}")
     return out
+
+
+class _Deferred:
+    """Records a `kernel[grid](...)` launch instead of making it (see launch's compiled_only)."""
+
+    def __init__(self, kernel: LeanKernel, sink: list):
+        self.kernel, self.sink = kernel, sink
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.sink.append((self.kernel, grid, args, kwargs))
+
+
+def _launch_if_compiled(pending: list, what: str) -> None:
+    """Launch the recorded kernels only if every one of them is compiled already (else launch none)."""
+    for kernel, _grid, args, kwargs in pending:
+        if not kernel.is_compiled(args, kwargs):
+            raise NotCompiledError(
+                f"{kernel.fn.__name__ if hasattr(kernel.fn, '__name__') else kernel.fn} for {what} is not compiled "
+                "yet; run this shape once before the CUDA graph capture (a warm-up step)"
+            )
+    for kernel, grid, args, kwargs in pending:
+        kernel[grid](*args, **kwargs)
