@@ -175,16 +175,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     r = measure(args.gpu, args.repeats)
     print(f"device {r['device']}; model {r['model']}; torch {torch.__version__}; host {os.cpu_count()} cores")
-    print(f"\n{'what':<44}{'median':>10}{'p99':>10}  unit")
-    print("-" * 72)
+    print(f"\n{'what':<52}{'median':>10}{'p99':>10}  unit")
+    print("-" * 80)
     for n in (30, 300):
         med, p99 = r[f"first_sight_{n}_ms"]
-        print(f"{f'first sight, {n} candidates':<44}{med:>10.3f}{p99:>10.3f}  ms")
+        print(f"{f'first sight, {n} candidates':<52}{med:>10.3f}{p99:>10.3f}  ms")
     med, p99 = r["cached_choose_us"]
-    print(f"{'cached choose()':<44}{med:>10.3f}{p99:>10.3f}  us")
+    print(f"{'cached choose()':<52}{med:>10.3f}{p99:>10.3f}  us")
     for name, us in r["host_us_per_call"].items():
-        print(f"{f'host time per call: {name}':<44}{us:>10.3f}{'':>10}  us")
-    print(f"{'disk cache load, 1000 shapes':<44}{r['disk_cache_load_1000_ms']:>10.3f}{'':>10}  ms")
+        print(f"{f'host time per call: {name}':<52}{us:>10.3f}{'':>10}  us")
+    print(f"{'disk cache load, 1000 shapes':<52}{r['disk_cache_load_1000_ms']:>10.3f}{'':>10}  ms")
     return 0
 
 
