@@ -264,3 +264,20 @@ def test_torch_compile_graph_holds_the_op(grad):
         compiled(x)
     targets = [n.target for g in graphs for n in g.graph.nodes if n.op == "call_function"]
     assert targets.count(torch.ops.gpperf.mm.default) == 2, targets
+
+
+@pytest.mark.parametrize(
+    "a, b, bias, err, match",
+    [
+        (torch.randn(3, 4), torch.randn(5, 6), None, ValueError, "do not multiply"),
+        (torch.randn(3, 4), torch.randn(4, 6, dtype=torch.float16), None, TypeError, "dtypes differ"),
+        (torch.randn(3, 4), torch.randn(4, 6), torch.randn(5), ValueError, "bias must be 1-D of 6"),
+        (torch.randn(3, 4), torch.randn(4, 6), torch.randn(6, dtype=torch.float16), TypeError, "bias torch.float16"),
+        (torch.randn(2, 3, 4), torch.randn(3, 4, 6), None, ValueError, "do not multiply"),
+        (torch.randn(3, 4), torch.randn(1, 4, 6), None, ValueError, "equal rank"),
+    ],
+)
+def test_direct_op_calls_check_their_operands(a, b, bias, err, match):
+    """The front checks once and calls the implementation unchecked; torch.ops.gpperf.mm called directly checks."""
+    with pytest.raises(err, match=match):
+        torch.ops.gpperf.mm(a, b, bias, None, None)
