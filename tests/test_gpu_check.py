@@ -18,6 +18,8 @@ pytest.importorskip("skl2onnx", reason="the check trains a model: needs the [tra
 @pytest.mark.timeout(400)
 def test_gpu_check_dry_run(tmp_path):
     env = dict(os.environ, TRITON_INTERPRET="1", GPPERF_DISK_CACHE="0")
+    # this checkout's package, whichever one the environment has installed (as gpu_check.sh's shim does)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
     env.pop("OUT", None)
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks/gpu_check.py"), "--dry-run", "--out", str(tmp_path)],
