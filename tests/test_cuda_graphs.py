@@ -180,6 +180,11 @@ def test_uncached_shape_first_met_in_a_capture_replays_correctly():
     a = randn(48, 512, dtype=torch.float16, device="cuda")
     b = randn(512, 384, dtype=torch.float16, device="cuda")
     selector.reset()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # cuBLAS warmed up (handle, workspace), as torch's docs advise; gpperf not
+        torch.matmul(a, b)
+    torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
