@@ -13,7 +13,7 @@ import logging
 import torch
 from torch import Tensor
 
-from . import kernels
+from . import kernels, selector
 from .errors import DeviceMismatchError, DtypeError, ShapeError
 from .kernels import TileConfig
 
@@ -71,8 +71,6 @@ def _torch_mm(a: Tensor, b: Tensor, bias: Tensor | None) -> Tensor:
 
 def _run(a: Tensor, b: Tensor, bias: Tensor | None, config: str | None, objective: str | None) -> Tensor:
     """Select (unless forced) and launch. Shared by the CUDA kernel and the interpreted CPU kernel."""
-    from . import selector
-
     if _capturing():
         return _run_captured(a, b, bias, config, objective)
     cfg = _config(config) if config else None
@@ -100,8 +98,6 @@ def _run_captured(a: Tensor, b: Tensor, bias: Tensor | None, config: str | None,
     A shape whose choice was made before the capture, with its kernel compiled, launches that kernel (recorded in
     the graph). A shape met first inside the capture gets torch.matmul, which captures safely, with a warning
     once; a forced config that was never compiled is an error (the caller asked for that kernel)."""
-    from . import selector
-
     cfg = _config(config) if config else None
     shape = f"{tuple(a.shape)} @ {tuple(b.shape)} {a.dtype}"
     choice = cfg if cfg is not None else selector.cached_choice(a, b, objective)

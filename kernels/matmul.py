@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .configs import TileConfig, check_config, elem_size
+from .configs import DEFAULT_CONFIG, TileConfig, check_config, elem_size
 from .launcher import LeanKernel
 
 _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
@@ -169,9 +169,12 @@ class NotCompiledError(RuntimeError):
 
 
 @functools.lru_cache(maxsize=8192)
-def _config_reason(cfg: TileConfig, dtype: torch.dtype, max_shared_memory: int | None) -> str | None:
-    # launch() runs on every GEMM: validate each (config, dtype, device limit) once.
-    return check_config(cfg, elem_size=elem_size(dtype), max_shared_memory=max_shared_memory)
+def _plan(cfg: TileConfig, dtype: torch.dtype, max_shared_memory: int | None, tf32: bool) -> tuple:
+    """(input precision, interpreter bf16 upcast, why the config cannot run or None), once per combination."""
+    # ("tf32" for 16-bit inputs too: tl.dot ignores it there; one compiled variant)
+    precision = ("tf32" if tf32 else "ieee") if dtype == torch.float32 else "tf32"
+    upcast = _INTERPRETING and dtype == torch.bfloat16
+    return precision, upcast, check_config(cfg, elem_size=elem_size(dtype), max_shared_memory=max_shared_memory)
 
 
 def check_inputs(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> None:
@@ -219,54 +222,55 @@ def launch(
     compiled_only=True raises NotCompiledError, before launching anything, where a kernel would have to be
     compiled first (inside a CUDA graph capture nothing may be compiled).
     """
-    from .configs import DEFAULT_CONFIG
-
     if check:
         check_inputs(a, b, out)
-    if bias is not None and (
-        bias.dim() != 1 or bias.shape[0] != b.shape[-1] or bias.device != a.device or not bias.is_floating_point()
-    ):
-        raise ValueError(
-            f"bias must be a floating 1-D tensor of {b.shape[-1]} elements on {a.device}, "
-            f"got {tuple(bias.shape)} {bias.dtype} on {bias.device}"
-        )
+        if bias is not None and (
+            bias.dim() != 1 or bias.shape[0] != b.shape[-1] or bias.device != a.device or not bias.is_floating_point()
+        ):
+            raise ValueError(
+                f"bias must be a floating 1-D tensor of {b.shape[-1]} elements on {a.device}, "
+                f"got {tuple(bias.shape)} {bias.dtype} on {bias.device}"
+            )
+    # This runs on every GEMM: what depends only on (config, dtype, device limit, TF32) is worked out once
+    # (_plan), and sizes come from size()/stride() with integer arithmetic (triton.cdiv alone costs ~2 us).
     cfg = cfg or DEFAULT_CONFIG
-    reason = _config_reason(cfg, a.dtype, max_shared_memory)
+    dtype = a.dtype
+    tf32 = dtype is torch.float32 and bool(tf32_allowed() if allow_tf32 is None else allow_tf32)
+    precision, upcast, reason = _plan(cfg, dtype, max_shared_memory, tf32)
     if reason is not None:
-        raise ValueError(f"TileConfig {cfg.key} cannot run for {a.dtype} on {a.device}: {reason}")
-    M, K = a.shape[-2:]
-    N = b.shape[-1]
-    batch = a.shape[0] if a.dim() == 3 else 1
+        raise ValueError(f"TileConfig {cfg.key} cannot run for {dtype} on {a.device}: {reason}")
+    batched = a.dim() == 3
+    if batched:
+        batch, M, K = a.shape
+        sab, sam, sak = a.stride()
+        sbb, sbk, sbn = b.stride()
+    else:
+        batch = 1
+        M, K = a.shape
+        sab, (sam, sak) = 0, a.stride()
+        sbb, (sbk, sbn) = 0, b.stride()
+    N = b.size(-1)
     if out is None:
-        out = torch.empty((*a.shape[:-1], N), dtype=a.dtype, device=a.device)
+        out = a.new_empty((batch, M, N) if batched else (M, N))
     if M == 0 or N == 0 or batch == 0:
         return out
     if K == 0:
         return out.zero_() if bias is None else out.copy_(bias.expand_as(out))
-    if allow_tf32 is None and a.dtype == torch.float32:
-        allow_tf32 = bool(tf32_allowed())
-    precision = "tf32" if (a.dtype == torch.float32 and allow_tf32) else "ieee"
-    if a.dtype != torch.float32:
-        precision = "tf32"  # ignored by tl.dot for 16-bit inputs; keep one compiled variant
-    upcast = _INTERPRETING and a.dtype == torch.bfloat16
-    sam, sak = a.stride()[-2:]
-    sbk, sbn = b.stride()[-2:]
-    scm, scn = out.stride()[-2:]
+    if batched:
+        scb, scm, scn = out.stride()
+    else:
+        scb, (scm, scn) = 0, out.stride()
     # 64-bit offsets when the largest element offset reachable in one matrix does not fit in int32
     index_64 = max((M - 1) * sam + (K - 1) * sak, (K - 1) * sbk + (N - 1) * sbn, (M - 1) * scm + (N - 1) * scn) >= (
         _INT32_MAX
     )
-
-    def bstride(t: torch.Tensor) -> int:
-        return t.stride(0) if t.dim() == 3 else 0
-
-    split_k = min(cfg.split_k, triton.cdiv(K, cfg.block_k))  # never launch empty K slices
+    split_k = min(cfg.split_k, (K + cfg.block_k - 1) // cfg.block_k)  # never launch empty K slices
     if split_k > 1 and split_k * M * N > _INT32_MAX:
         split_k = 1  # the fp32 workspace would need 64-bit indexing in the reduction; big outputs gain nothing
     grid = (((M + cfg.block_m - 1) // cfg.block_m) * ((N + cfg.block_n - 1) // cfg.block_n), split_k, batch)
     if split_k == 1:
         target = out
-        stride_cb, stride_cs, stride_cm, stride_cn = bstride(out), 0, scm, scn
+        stride_cb, stride_cs, stride_cm, stride_cn = scb, 0, scm, scn
     else:
         target = torch.empty((batch, split_k, M, N), dtype=torch.float32, device=a.device)
         stride_cb, stride_cs, stride_cm, stride_cn = target.stride()
@@ -282,10 +286,10 @@ def launch(
         M,
         N,
         K,
-        bstride(a),
+        sab,
         sam,
         sak,
-        bstride(b),
+        sbb,
         sbk,
         sbn,
         stride_cb,
@@ -307,7 +311,7 @@ def launch(
     )
     if split_k > 1:
         block = 1024
-        reduce_kernel[(triton.cdiv(M * N, block), 1, batch)](
+        reduce_kernel[((M * N + block - 1) // block, 1, batch)](
             target,
             out,
             out if bias is None else bias,
@@ -315,9 +319,9 @@ def launch(
             N,
             target.stride(0),
             target.stride(1),
-            bstride(out),
-            out.stride(-2),
-            out.stride(-1),
+            scb,
+            scm,
+            scn,
             0 if bias is None else bias.stride(0),
             SPLIT_K=split_k,
             BLOCK=block,
