@@ -32,6 +32,7 @@ _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _UINT64_MAX = 2**64 - 1
 _Tensor = torch.Tensor
+_HookChain: type = type(None)  # triton.knobs.HookChain, bound on first use
 
 _enabled = os.environ.get(ENV_VAR, "0").strip().lower() in ("1", "true", "yes", "on")
 # Triton decides at decoration (import) time whether kernels are interpreted (as kernels.matmul does).
@@ -147,6 +148,11 @@ class LeanKernel:
             raise TypeError(f"{self.fn}: the lean path needs the constexpr parameters after the runtime ones")
         self._no_specialize = frozenset(i for i, p in enumerate(params) if p.do_not_specialize and not p.is_constexpr)
         self._knobs = knobs
+        global _HookChain
+        try:
+            from triton.knobs import HookChain as _HookChain
+        except ImportError:  # an older Triton: hooks are plain callables or None
+            _HookChain = type(None)
         self._current_device, self._current_stream = _driver_functions()
         self._prepared = True
 
@@ -197,27 +203,35 @@ class LeanKernel:
             return self.fn[grid](*args, **kwargs)  # Triton adds to its key / runs hooks: take its own path
         device = self._current_device()
         key = (*self.key(args, kwargs), device)
-        kernel = self.cache.get(key)
-        if kernel is None:
+        entry = self.cache.get(key)
+        if entry is None:
             # First sight of this specialization: Triton binds, compiles if needed, launches, returns the kernel.
             kernel = self.fn[grid](*args, **kwargs)
             if kernel is not None:
-                self.cache[key] = kernel
+                # The constexpr values (equal keys: equal values) and the launcher, looked up once.
+                tail = tuple(kwargs.get(name, default) for name, default in self._constexprs)
+                self.cache[key] = (kernel.run, kernel.function, kernel.packed_metadata, kernel, tail)
             return kernel
+        run, function, metadata, kernel, tail = entry
         stream = self._current_stream(device)
-        bound = (*args, *[kwargs.get(name, default) for name, default in self._constexprs])
-        g1 = grid[1] if len(grid) > 1 else 1
-        g2 = grid[2] if len(grid) > 2 else 1
-        kernel.run(
+        bound = (*args, *tail)
+        enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+        # An empty HookChain calls nothing: passing None instead skips two Python calls in Triton's launcher.
+        if isinstance(enter, _HookChain) and not enter.calls:
+            enter = None
+        if isinstance(leave, _HookChain) and not leave.calls:
+            leave = None
+        meta = None if enter is None and leave is None else kernel.launch_metadata(grid, stream, *bound)
+        run(
             grid[0],
-            g1,
-            g2,
+            grid[1] if len(grid) > 1 else 1,
+            grid[2] if len(grid) > 2 else 1,
             stream,
-            kernel.function,
-            kernel.packed_metadata,
-            kernel.launch_metadata(grid, stream, *bound),
-            knobs.runtime.launch_enter_hook,
-            knobs.runtime.launch_exit_hook,
+            function,
+            metadata,
+            meta,
+            enter,
+            leave,
             *bound,
         )
         return kernel

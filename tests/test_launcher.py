@@ -231,3 +231,26 @@ def test_interpreter_never_takes_the_lean_path(monkeypatch):
     monkeypatch.setattr(launcher, "_INTERPRETING", True)
     monkeypatch.setattr(launcher, "_enabled", True)
     assert not launcher.enabled()
+
+
+def test_launch_hooks_are_passed_when_registered(lean):
+    """With no hook registered the launcher gets None (nothing to call); with one, Triton's hook chain and the
+    launch metadata, as Triton's own run passes them."""
+    from triton import knobs
+
+    fake, k = lean
+    x = torch.empty(64)
+    k[(1,)](x, 64, BLOCK=32)
+    k[(1,)](x, 64, BLOCK=32)
+    (compiled,) = fake.kernels.values()
+    assert compiled.launches[-1][6:9] == (None, None, None)  # metadata, enter hook, exit hook
+
+    def hook(metadata):
+        pass
+
+    knobs.runtime.launch_enter_hook.add(hook)
+    try:
+        k[(1,)](x, 64, BLOCK=32)
+    finally:
+        knobs.runtime.launch_enter_hook.remove(hook)
+    assert compiled.launches[-1][7] is knobs.runtime.launch_enter_hook
