@@ -254,3 +254,56 @@ def test_launch_hooks_are_passed_when_registered(lean):
     finally:
         knobs.runtime.launch_enter_hook.remove(hook)
     assert compiled.launches[-1][7] is knobs.runtime.launch_enter_hook
+
+
+def test_key_agrees_with_triton_on_what_launch_passes(monkeypatch):
+    """The arguments `kernels.launch` really passes (recorded, not launched) for random views, sizes, dtypes,
+    configs, bias and TF32: LeanKernel's key (Triton's knobs included) <=> Triton's specialization."""
+    from triton import knobs
+
+    from gpperf_torch.kernels import TileConfig, launch
+    from gpperf_torch.kernels import matmul as kmatmul
+
+    monkeypatch.setattr(launcher, "_driver_functions", lambda: (lambda: 0, lambda device: 0))
+    recorded = []
+    monkeypatch.setattr(kmatmul._MATMUL, "run", lambda grid, args, kwargs: recorded.append((args, kwargs)))
+    monkeypatch.setattr(kmatmul._REDUCE, "run", lambda grid, args, kwargs: None)
+    jit, binder = _binder()
+    lean = launcher.LeanKernel(jit)  # (a JIT function, not the interpreter's wrapper, so that it has params)
+    rng = random.Random(1)
+    sizes = [1, 2, 15, 16, 17, 32, 33, 48]
+    configs = [TileConfig(16, 16, 16), TileConfig(32, 16, 32, split_k=2), TileConfig(16, 32, 16, group_m=4)]
+    n_cases = 600
+    for _ in range(n_cases):
+        m, n, k = (rng.choice(sizes) for _ in range(3))
+        dtype = rng.choice(DTYPES)
+        batch = rng.choice([None, 1, 3])
+
+        def operand(rows, cols):
+            shape = (rows, cols) if batch is None else (batch, rows, cols)
+            off = rng.choice([0, 0, 1, 3, 8])
+            if rng.random() < 0.4:  # a transposed view
+                base = torch.empty(off + shape[-2] * shape[-1] * (batch or 1), dtype=dtype)[off:]
+                t = base.view(*shape[:-2], shape[-1], shape[-2]).transpose(-1, -2)
+            else:
+                base = torch.empty(off + shape[-2] * shape[-1] * (batch or 1), dtype=dtype)[off:]
+                t = base.view(shape)
+            if batch and rng.random() < 0.3:  # a broadcast batch: stride 0
+                t = t[:1].expand(shape)
+            return t
+
+        a, b = operand(m, k), operand(k, n)
+        bias = None
+        if rng.random() < 0.4:
+            bias = torch.empty(n + 2, dtype=rng.choice(DTYPES))[rng.choice([0, 1, 2]) :][:n]
+        launch(a, b, cfg=rng.choice(configs), bias=bias, allow_tf32=rng.random() < 0.5)
+    assert len(recorded) == n_cases
+    ours_to_triton: dict = {}
+    triton_to_ours: dict = {}
+    for args, kwargs in recorded:
+        ours = lean.key(args, kwargs)
+        extra = dict(debug=knobs.runtime.debug, instrumentation_mode=knobs.compilation.instrumentation_mode)
+        theirs = _triton_key(binder, args, {**kwargs, **extra})
+        assert ours_to_triton.setdefault(ours, theirs) == theirs, args
+        assert triton_to_ours.setdefault(theirs, ours) == ours, args
+    assert 50 < len(ours_to_triton) < n_cases  # distinct specializations, and repeats of some
