@@ -256,6 +256,20 @@ def test_launch_hooks_are_passed_when_registered(lean):
     assert compiled.launches[-1][7] is knobs.runtime.launch_enter_hook
 
 
+def _operand(rng: random.Random, rows: int, cols: int, batch: int | None, dtype: torch.dtype) -> torch.Tensor:
+    """A random operand view: offset into its storage, transposed or not, a broadcast (stride 0) batch or not."""
+    shape = (rows, cols) if batch is None else (batch, rows, cols)
+    off = rng.choice([0, 0, 1, 3, 8])
+    base = torch.empty(off + rows * cols * (batch or 1), dtype=dtype)[off:]
+    if rng.random() < 0.4:
+        t = base.view(*shape[:-2], cols, rows).transpose(-1, -2)
+    else:
+        t = base.view(shape)
+    if batch and rng.random() < 0.3:
+        t = t[:1].expand(shape)
+    return t
+
+
 def test_key_agrees_with_triton_on_what_launch_passes(monkeypatch):
     """The arguments `kernels.launch` really passes (recorded, not launched) for random views, sizes, dtypes,
     configs, bias and TF32: LeanKernel's key (Triton's knobs included) <=> Triton's specialization."""
@@ -279,20 +293,7 @@ def test_key_agrees_with_triton_on_what_launch_passes(monkeypatch):
         dtype = rng.choice(DTYPES)
         batch = rng.choice([None, 1, 3])
 
-        def operand(rows, cols):
-            shape = (rows, cols) if batch is None else (batch, rows, cols)
-            off = rng.choice([0, 0, 1, 3, 8])
-            if rng.random() < 0.4:  # a transposed view
-                base = torch.empty(off + shape[-2] * shape[-1] * (batch or 1), dtype=dtype)[off:]
-                t = base.view(*shape[:-2], shape[-1], shape[-2]).transpose(-1, -2)
-            else:
-                base = torch.empty(off + shape[-2] * shape[-1] * (batch or 1), dtype=dtype)[off:]
-                t = base.view(shape)
-            if batch and rng.random() < 0.3:  # a broadcast batch: stride 0
-                t = t[:1].expand(shape)
-            return t
-
-        a, b = operand(m, k), operand(k, n)
+        a, b = _operand(rng, m, k, batch, dtype), _operand(rng, k, n, batch, dtype)
         bias = None
         if rng.random() < 0.4:
             bias = torch.empty(n + 2, dtype=rng.choice(DTYPES))[rng.choice([0, 1, 2]) :][:n]
