@@ -261,10 +261,8 @@ def _operand(rng: random.Random, rows: int, cols: int, batch: int | None, dtype:
     shape = (rows, cols) if batch is None else (batch, rows, cols)
     off = rng.choice([0, 0, 1, 3, 8])
     base = torch.empty(off + rows * cols * (batch or 1), dtype=dtype)[off:]
-    if rng.random() < 0.4:
-        t = base.view(*shape[:-2], cols, rows).transpose(-1, -2)
-    else:
-        t = base.view(shape)
+    transposed = rng.random() < 0.4
+    t = base.view(*shape[:-2], cols, rows).transpose(-1, -2) if transposed else base.view(shape)
     if batch and rng.random() < 0.3:
         t = t[:1].expand(shape)
     return t
