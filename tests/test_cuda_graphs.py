@@ -18,7 +18,7 @@ from gpperf_torch import kernels, ops, selector
 from gpperf_torch.kernels import TileConfig
 from gpperf_torch.kernels import matmul as kmatmul
 
-from helpers import assert_close_to_reference, randn
+from helpers import DEVICES, assert_close_to_reference, randn
 
 SMALL = TileConfig(16, 32, 32)
 interp_only = pytest.mark.skipif(not kernels.interpreting(), reason="CPU runs need TRITON_INTERPRET=1")
@@ -260,14 +260,14 @@ def _example():
     return mod
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("patched", [False, True], ids=["plain", "patched"])
-def test_static_decode_step_matches_the_eager_decode(fresh_selector, patched):
-    """The static-cache step (what --cuda-graphs captures) gives the eager decode's tokens and logits; run eagerly
-    here (graph=False), captured on a GPU."""
+def test_static_decode_step_matches_the_eager_decode(fresh_selector, device, patched):
+    """The static-cache step (what --cuda-graphs captures) gives the eager decode's tokens and logits: run eagerly
+    through the interpreter, captured as a CUDA graph on a GPU."""
     ex = _example()
     torch.manual_seed(0)
     cfg = ex.DecoderConfig(vocab=50, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_seq=64)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     model = ex.Decoder(cfg).to(device).eval()
     if patched:
         gp.patch(model)
@@ -276,7 +276,7 @@ def test_static_decode_step_matches_the_eager_decode(fresh_selector, patched):
         last, cache = ex.prefill(model, prompt)
         first = last.argmax(-1)
         tokens, logits = ex.decode(model, first, cache, 4)
-        sd = ex.StaticDecoder(model, cache, first, 5 + 4, graph=torch.cuda.is_available())
+        sd = ex.StaticDecoder(model, cache, first, 5 + 4, graph=device == "cuda")
         tokens2, logits2 = ex.decode_static(sd, first, 4)
     assert torch.equal(tokens, tokens2)
     for a, b in zip(logits, logits2, strict=True):

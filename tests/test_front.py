@@ -209,9 +209,9 @@ def test_bias_F_linear_rejects_is_rejected(sx, sb):
 
 
 # ---- the dispatcher: skipped in inference, used under autograd and torch.compile --------------------------------
-def _biased_model() -> nn.Module:
+def _biased_model(device: str) -> nn.Module:
     torch.manual_seed(0)
-    return gp.patch(nn.Sequential(nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 8)))
+    return gp.patch(nn.Sequential(nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 8))).to(device)
 
 
 @pytest.fixture
@@ -227,31 +227,31 @@ def op_calls(monkeypatch):
     return calls
 
 
-@pytest.mark.skipif(not gp.kernels.interpreting() and not torch.cuda.is_available(), reason="no kernel to run")
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inference_mode"])
-def test_biased_layers_skip_the_dispatcher_in_inference(op_calls, context):
-    model = _biased_model()
+def test_biased_layers_skip_the_dispatcher_in_inference(op_calls, device, context):
+    model = _biased_model(device)
     assert isinstance(model[0].bias, nn.Parameter) and model[0].bias.requires_grad
-    x = torch.randn(4, 16)
+    x = torch.randn(4, 16, device=device)
     with context():
         out = model(x)
     assert not op_calls, "inference must not enter the custom-op dispatcher"
     torch.testing.assert_close(out, gp.unpatch(model)(x).detach(), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(not gp.kernels.interpreting() and not torch.cuda.is_available(), reason="no kernel to run")
-def test_biased_layers_use_the_op_under_autograd(op_calls):
-    model = _biased_model()
-    model(torch.randn(4, 16)).sum().backward()
+@pytest.mark.parametrize("device", DEVICES)
+def test_biased_layers_use_the_op_under_autograd(op_calls, device):
+    model = _biased_model(device)
+    model(torch.randn(4, 16, device=device)).sum().backward()
     assert len(op_calls) == 2  # one forward call per layer (backward GEMMs run inside the op's backward)
     assert all(p.grad is not None for p in model.parameters())
 
 
-@pytest.mark.skipif(not gp.kernels.interpreting() and not torch.cuda.is_available(), reason="no kernel to run")
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("grad", [False, True])
-def test_torch_compile_graph_holds_the_op(grad):
+def test_torch_compile_graph_holds_the_op(device, grad):
     torch._dynamo.reset()
-    model = _biased_model()
+    model = _biased_model(device)
     graphs = []
 
     def backend(gm, example_inputs):
@@ -259,7 +259,7 @@ def test_torch_compile_graph_holds_the_op(grad):
         return gm
 
     compiled = torch.compile(model, backend=backend, fullgraph=True)
-    x = torch.randn(4, 16)
+    x = torch.randn(4, 16, device=device)
     with torch.set_grad_enabled(grad):
         compiled(x)
     targets = [n.target for g in graphs for n in g.graph.nodes if n.op == "call_function"]
