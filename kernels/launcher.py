@@ -34,7 +34,19 @@ _UINT64_MAX = 2**64 - 1
 _Tensor = torch.Tensor
 _HookChain: type = type(None)  # triton.knobs.HookChain, bound on first use
 
-_enabled = os.environ.get(ENV_VAR, "0").strip().lower() in ("1", "true", "yes", "on")
+
+def _from_env() -> bool:
+    """GPPERF_LEAN_LAUNCH: 1/true/yes/on or 0/false/no/off (any case); anything else warns and means off."""
+    raw = os.environ.get(ENV_VAR, "")
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value not in ("", "0", "false", "no", "off"):
+        logger.warning("gpperf: %s=%r is not 1 or 0; the lean launch path stays off (the default)", ENV_VAR, raw)
+    return False
+
+
+_enabled = _from_env()
 # Triton decides at decoration (import) time whether kernels are interpreted (as kernels.matmul does).
 _INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 

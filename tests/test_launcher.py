@@ -306,3 +306,15 @@ def test_key_agrees_with_triton_on_what_launch_passes(monkeypatch):
         assert ours_to_triton.setdefault(ours, theirs) == theirs, args
         assert triton_to_ours.setdefault(theirs, ours) == ours, args
     assert 50 < len(ours_to_triton) < n_cases  # distinct specializations, and repeats of some
+
+
+@pytest.mark.parametrize(
+    "raw, on, warns",
+    [("1", True, False), ("ON", True, False), ("true", True, False), ("0", False, False), ("", False, False),
+     ("off", False, False), ("maybe", False, True), ("2", False, True)],
+)  # fmt: skip
+def test_switch_from_the_environment(monkeypatch, caplog, raw, on, warns):
+    monkeypatch.setenv(launcher.ENV_VAR, raw)
+    with caplog.at_level("WARNING", logger="gpperf_torch.kernels.launcher"):
+        assert launcher._from_env() is on
+    assert ("GPPERF_LEAN_LAUNCH" in caplog.text) is warns
