@@ -211,8 +211,11 @@ class LeanKernel:
         if not self._prepared:
             self._prepare()
         knobs = self._knobs
-        if knobs.runtime.add_stages_inspection_hook is not None or self.fn.pre_run_hooks:
-            return self.fn[grid](*args, **kwargs)  # Triton adds to its key / runs hooks: take its own path
+        if knobs.runtime.add_stages_inspection_hook is not None or self.fn.pre_run_hooks or callable(grid):
+            # Triton adds to its key, runs hooks, or computes the grid from the bound arguments: its own path.
+            # (Triton's run also checks that the kernel's global variables have not changed since it compiled;
+            # our kernels read none.)
+            return self.fn[grid](*args, **kwargs)
         device = self._current_device()
         key = (*self.key(args, kwargs), device)
         entry = self.cache.get(key)
@@ -229,9 +232,9 @@ class LeanKernel:
         bound = (*args, *tail)
         enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
         # An empty HookChain calls nothing: passing None instead skips two Python calls in Triton's launcher.
-        if isinstance(enter, _HookChain) and not enter.calls:
+        if enter is not None and isinstance(enter, _HookChain) and not enter.calls:
             enter = None
-        if isinstance(leave, _HookChain) and not leave.calls:
+        if leave is not None and isinstance(leave, _HookChain) and not leave.calls:
             leave = None
         meta = None if enter is None and leave is None else kernel.launch_metadata(grid, stream, *bound)
         run(
