@@ -213,8 +213,6 @@ class LeanKernel:
         knobs = self._knobs
         if knobs.runtime.add_stages_inspection_hook is not None or self.fn.pre_run_hooks or callable(grid):
             # Triton adds to its key, runs hooks, or computes the grid from the bound arguments: its own path.
-            # (Triton's run also checks that the kernel's global variables have not changed since it compiled;
-            # our kernels read none.)
             return self.fn[grid](*args, **kwargs)
         device = self._current_device()
         key = (*self.key(args, kwargs), device)
@@ -222,7 +220,9 @@ class LeanKernel:
         if entry is None:
             # First sight of this specialization: Triton binds, compiles if needed, launches, returns the kernel.
             kernel = self.fn[grid](*args, **kwargs)
-            if kernel is not None:
+            # A kernel that reads global variables keeps Triton's path: its run checks they have not changed
+            # since it compiled (ours read none).
+            if kernel is not None and not getattr(self.fn, "used_global_vals", None):
                 # The constexpr values (equal keys: equal values) and the launcher, looked up once.
                 tail = tuple(kwargs.get(name, default) for name, default in self._constexprs)
                 self.cache[key] = (kernel.run, kernel.function, kernel.packed_metadata, kernel, tail)
