@@ -5,8 +5,9 @@
 Rows:
   first sight, N candidates   scoring N candidates for a new shape (features + one onnxruntime call + ordering)
   cached choose()             the per-call path once a shape was seen (dictionary hit)
-  host time per call          gpperf_torch.matmul vs kernels.launch vs torch.matmul (GPU, 64x64), or on a CPU
-                              gpperf_torch.matmul vs the custom op's dispatch vs torch.matmul (8x8)
+  host time per call          gpperf_torch.matmul vs kernels.launch vs torch.matmul (GPU, 64x64), each launch with
+                              the lean launch path off and on; or on a CPU gpperf_torch.matmul vs the custom op's
+                              dispatch vs torch.matmul (8x8); and a patched biased Linear vs nn.Linear (no_grad)
   disk cache load             reading a selection cache of 1000 shapes
 Targets (2-core CPU): first sight < 2 ms for 30 candidates, cached path < 10 us.
 """
@@ -91,6 +92,7 @@ def op_overhead(repeats: int) -> dict[str, float]:
     torch.matmul), the custom op's own dispatch, torch.matmul.
     """
     import gpperf_torch as gp
+    from gpperf_torch.kernels import launcher
 
     if torch.cuda.is_available() and not kernels.interpreting():
         a = torch.randn(64, 64, device="cuda", dtype=torch.float16)
@@ -98,17 +100,35 @@ def op_overhead(repeats: int) -> dict[str, float]:
         cfg = selector.choose(a, b, None, None) or kernels.DEFAULT_CONFIG
         out = torch.empty(64, 64, device="cuda", dtype=torch.float16)
         sync = torch.cuda.synchronize
-        return {
+        res = {
             "gpperf_torch.matmul": _host_us(lambda: gp.matmul(a, b), repeats, 20, sync),
             "kernels.launch": _host_us(lambda: kernels.launch(a, b, out, cfg), repeats, 20, sync),
             "torch.matmul": _host_us(lambda: torch.matmul(a, b, out=out), repeats, 20, sync),
         }
-    a, b = torch.randn(8, 8), torch.randn(8, 8)
-    return {
-        "gpperf_torch.matmul": _host_us(lambda: gp.matmul(a, b), repeats, 50),
-        "custom-op dispatch": _host_us(lambda: torch.ops.gpperf.mm(a, b, None, None), repeats, 50),
-        "torch.matmul": _host_us(lambda: torch.matmul(a, b), repeats, 50),
-    }
+        was = launcher.enabled()
+        launcher.set_enabled(True)
+        try:
+            res["gpperf_torch.matmul, lean launch"] = _host_us(lambda: gp.matmul(a, b), repeats, 20, sync)
+            res["kernels.launch, lean launch"] = _host_us(lambda: kernels.launch(a, b, out, cfg), repeats, 20, sync)
+        finally:
+            launcher.set_enabled(was)
+        dev, dtype, inner, sync_ = "cuda", torch.float16, 20, sync
+    else:
+        a, b = torch.randn(8, 8), torch.randn(8, 8)
+        res = {
+            "gpperf_torch.matmul": _host_us(lambda: gp.matmul(a, b), repeats, 50),
+            "custom-op dispatch": _host_us(lambda: torch.ops.gpperf.mm(a, b, None, None), repeats, 50),
+            "torch.matmul": _host_us(lambda: torch.matmul(a, b), repeats, 50),
+        }
+        dev, dtype, inner, sync_ = "cpu", torch.float32, 50, None
+    # A biased Linear in inference (its bias an nn.Parameter that requires grad): patched against torch's own.
+    ref = torch.nn.Linear(64, 64).to(dev, dtype)
+    lin = gp.patch(torch.nn.Linear(64, 64).to(dev, dtype))
+    x = torch.randn(8 if dev == "cpu" else 64, 64, device=dev, dtype=dtype)
+    with torch.no_grad():
+        res["patched Linear (bias), no_grad"] = _host_us(lambda: lin(x), repeats, inner, sync_)
+        res["nn.Linear (bias), no_grad"] = _host_us(lambda: ref(x), repeats, inner, sync_)
+    return res
 
 
 def disk_load(info, n: int = 1000) -> float:
@@ -155,16 +175,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     r = measure(args.gpu, args.repeats)
     print(f"device {r['device']}; model {r['model']}; torch {torch.__version__}; host {os.cpu_count()} cores")
-    print(f"\n{'what':<44}{'median':>10}{'p99':>10}  unit")
-    print("-" * 72)
+    print(f"\n{'what':<52}{'median':>10}{'p99':>10}  unit")
+    print("-" * 80)
     for n in (30, 300):
         med, p99 = r[f"first_sight_{n}_ms"]
-        print(f"{f'first sight, {n} candidates':<44}{med:>10.3f}{p99:>10.3f}  ms")
+        print(f"{f'first sight, {n} candidates':<52}{med:>10.3f}{p99:>10.3f}  ms")
     med, p99 = r["cached_choose_us"]
-    print(f"{'cached choose()':<44}{med:>10.3f}{p99:>10.3f}  us")
+    print(f"{'cached choose()':<52}{med:>10.3f}{p99:>10.3f}  us")
     for name, us in r["host_us_per_call"].items():
-        print(f"{f'host time per call: {name}':<44}{us:>10.3f}{'':>10}  us")
-    print(f"{'disk cache load, 1000 shapes':<44}{r['disk_cache_load_1000_ms']:>10.3f}{'':>10}  ms")
+        print(f"{f'host time per call: {name}':<52}{us:>10.3f}{'':>10}  us")
+    print(f"{'disk cache load, 1000 shapes':<52}{r['disk_cache_load_1000_ms']:>10.3f}{'':>10}  ms")
     return 0
 
 

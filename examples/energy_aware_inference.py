@@ -10,6 +10,7 @@ have M = batch x prompt length, decode GEMMs M = batch, and the two are chosen (
     python examples/energy_aware_inference.py                     # GPU: 12 layers, d=768, vocab 50257, fp16
     python examples/energy_aware_inference.py --model mymodel     # a model trained with energy (tune + train)
     python examples/energy_aware_inference.py --layers 2 --d-model 32 --vocab 96 --prompt-len 6 --new-tokens 4
+    python examples/energy_aware_inference.py --cuda-graphs       # also decode steps replayed as CUDA graphs
 
 Without a GPU it runs a tiny model through the Triton interpreter: logits are real, times are CPU wall clock
 and there is no energy counter. The shipped models (trained on public data) predict time only: with them the
@@ -76,6 +77,23 @@ class Block(nn.Module):
         x = x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
         return x, (k, v)
 
+    def step_static(self, x: torch.Tensor, kbuf: torch.Tensor, vbuf: torch.Tensor, pos: torch.Tensor, mask):
+        """One decode step against a preallocated cache (batch, heads, max_len, head_dim): this step's key and
+        value are written at `pos` (a device tensor) and attention is masked past it. Shapes and addresses never
+        change from step to step, so a CUDA graph can capture it."""
+        b, t, d = x.shape
+        h = self.ln1(x)
+
+        def heads(y: torch.Tensor) -> torch.Tensor:
+            return y.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2)
+
+        q, k, v = heads(self.q(h)), heads(self.k(h)), heads(self.v(h))
+        kbuf.index_copy_(2, pos, k)
+        vbuf.index_copy_(2, pos, v)
+        att = F.scaled_dot_product_attention(q, kbuf, vbuf, attn_mask=mask)
+        x = x + self.o(att.transpose(1, 2).reshape(b, t, d))
+        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+
 
 class Decoder(nn.Module):
     """GPT-2-shaped decoder (pre-LayerNorm blocks, learned positions, untied LM head) with a KV cache."""
@@ -98,6 +116,70 @@ class Decoder(nn.Module):
             x, kv = block(x, None if cache is None else cache[i])
             new_cache.append(kv)
         return self.head(self.ln_f(x)), new_cache
+
+    def step_static(self, ids: torch.Tensor, kbufs: list, vbufs: list, pos: torch.Tensor) -> torch.Tensor:
+        """The logits of one decode step (ids: (batch, 1)) with the static cache of `StaticDecoder`."""
+        x = self.tok(ids) + self.pos(pos)
+        mask = (torch.arange(kbufs[0].shape[2], device=ids.device) <= pos)[None, None, None, :]
+        for block, kb, vb in zip(self.blocks, kbufs, vbufs, strict=True):
+            x = block.step_static(x, kb, vb, pos, mask)
+        return self.head(self.ln_f(x))[:, -1]
+
+
+class StaticDecoder:
+    """Decode steps on a preallocated KV cache, replayed as one CUDA graph per step (`--cuda-graphs`).
+
+    Built from a prefill's cache: copies it into buffers of `max_len` positions, runs two warm-up steps on a side
+    stream (where tile selection and kernel compilation happen: nothing may be selected or compiled inside a
+    capture), then captures one step. Each `step` copies the token and position into the graph's static inputs
+    and replays it: one launch of the whole step, no per-GEMM host cost. With `graph=False` (no GPU) the same
+    static step runs eagerly, so its logits can be checked anywhere.
+    """
+
+    def __init__(self, model: Decoder, cache: list, first: torch.Tensor, max_len: int, graph: bool = True):
+        self.model = model
+        self.start = cache[0][0].shape[2]
+        b, h, _, dh = cache[0][0].shape
+        like = cache[0][0]
+        self.kbufs = [like.new_zeros(b, h, max_len, dh) for _ in cache]
+        self.vbufs = [like.new_zeros(b, h, max_len, dh) for _ in cache]
+        for (k, v), kb, vb in zip(cache, self.kbufs, self.vbufs, strict=True):
+            kb[:, :, : self.start].copy_(k)
+            vb[:, :, : self.start].copy_(v)
+        self.ids = first[:, None].clone()
+        self.pos = torch.full((1,), self.start, dtype=torch.long, device=first.device)
+        self.graph = None
+        if graph:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # the first step's own position: what it writes, the real step rewrites
+                for _ in range(2):
+                    self.model.step_static(self.ids, self.kbufs, self.vbufs, self.pos)
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.logits = self.model.step_static(self.ids, self.kbufs, self.vbufs, self.pos)
+
+    def step(self, tok: torch.Tensor, i: int) -> torch.Tensor:
+        """Logits of decode step `i` (0-based) fed token `tok` (batch,)."""
+        self.ids.copy_(tok[:, None])
+        self.pos.fill_(self.start + i)
+        if self.graph is None:
+            return self.model.step_static(self.ids, self.kbufs, self.vbufs, self.pos)
+        self.graph.replay()
+        return self.logits
+
+
+def decode_static(sd: StaticDecoder, first: torch.Tensor, steps: int, forced: torch.Tensor | None = None):
+    """`decode` on a StaticDecoder: the same tokens and logits (cloned out of the graph's output buffer)."""
+    tok, tokens, logits_all = first, [], []
+    for i in range(steps):
+        logits = sd.step(tok, i).clone()
+        logits_all.append(logits)
+        greedy = logits.argmax(-1)
+        tokens.append(greedy)
+        tok = forced[:, i] if forced is not None else greedy
+    return torch.stack(tokens, 1), logits_all
 
 
 # ---- generation in two phases ----------------------------------------------------------------------------
@@ -173,6 +255,14 @@ def run_objective(model, prompt, new_tokens, ref, args, meter) -> dict:
     steps = max(new_tokens - 1, 1)
     pre = measure_phase(lambda: prefill(model, prompt), 1, args.reps, meter, args.window_s)
     dec = measure_phase(lambda: decode(model, first, cache, steps), steps, args.reps, meter, args.window_s)
+    graphs = None
+    if getattr(args, "cuda_graphs", False):
+        sd = StaticDecoder(model, cache, first, cache[0][0].shape[2] + steps, graph=torch.cuda.is_available())
+        fed = tokens if ref is None else ref["tokens"]  # the tokens the eager decode steps were fed
+        _, glogits = decode_static(sd, fed[:, 0], steps, fed[:, 1:])
+        gdiff = max((a.float() - b.float()).abs().max().item() for a, b in zip(glogits, logits[1:], strict=True))
+        graphs = measure_phase(lambda: decode_static(sd, first, steps), steps, args.reps, meter, args.window_s)
+        graphs["max_diff_vs_eager"] = gdiff
     return {
         "tokens": tokens,
         "logits": logits,
@@ -180,6 +270,7 @@ def run_objective(model, prompt, new_tokens, ref, args, meter) -> dict:
         "same_tokens": bool(ref is None or torch.equal(tokens, ref["tokens"])),
         "prefill": pre,
         "decode": dec,
+        "graphs": graphs,
         "steps": steps,
     }
 
@@ -218,6 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, default=None, help="timed repetitions per phase (GPU 10, CPU 1)")
     p.add_argument("--window-s", type=float, default=0.5, help="NVML energy window per phase and objective")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="also time decode steps replayed as CUDA graphs (static KV cache); without a GPU the static step "
+        "runs eagerly (its logits are checked, there is no graph)",
+    )
     return p
 
 
@@ -319,6 +416,24 @@ def _main(args: argparse.Namespace) -> int:
             f"{name:<14} {pre['s'] * 1e3:>11.3f} {_fmt(pre['j'], '10.4f'):>10} {dec['s'] / steps * 1e3:>15.3f} "
             f"{_fmt(dec_j, '14.5f'):>14}"
         )
+    if args.cuda_graphs:
+        print(
+            "\ndecode steps on a static KV cache"
+            + (", each replayed as one CUDA graph" if cuda else " (no GPU: eager, no graph)")
+        )
+        head = f"{'objective':<14} {'decode ms/step':>15} {'decode J/step':>14} {'vs eager decode':>16}"
+        head += f" {'max|dlogit|':>12}"
+        print(head)
+        print("-" * len(head))
+        for name in [PLAIN, *args.objectives]:
+            if name in skipped:
+                continue
+            g, dec, steps = results[name]["graphs"], results[name]["decode"], results[name]["steps"]
+            g_j = None if g["j"] is None else g["j"] / steps
+            print(
+                f"{name:<14} {g['s'] / steps * 1e3:>15.3f} {_fmt(g_j, '14.5f'):>14} {dec['s'] / g['s']:>15.2f}x "
+                f"{g['max_diff_vs_eager']:>12.3e}"
+            )
     if not cuda:
         print("\n(interpreter run: the logit differences are real; times are not GPU times and energy is n/a)")
     if skipped:

@@ -21,14 +21,19 @@ class Linear(nn.Linear):
     """
 
     def forward(self, input: Tensor) -> Tensor:
-        autocast = input.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(input.device.type)
-        if input.dtype != self.weight.dtype and not autocast:
-            # Same rule as F.linear: the caller casts (or torch.autocast does, as for torch's own Linear).
-            raise TypeError(
-                f"Linear got input {input.dtype} but weight is {self.weight.dtype}; cast one, e.g. "
-                f"input.to({self.weight.dtype}) or model.to({input.dtype}), or run under torch.autocast"
-            )
-        return linear(input, self.weight, self.bias)  # under autocast: in the autocast dtype
+        weight = self.weight
+        if input.dtype is not weight.dtype:
+            _check_dtypes(input, weight)
+        return linear(input, weight, self.bias)  # under autocast: in the autocast dtype
+
+
+def _check_dtypes(input: Tensor, weight: Tensor) -> None:
+    """Same rule as F.linear: the caller casts (or torch.autocast does, as for torch's own Linear)."""
+    if not (input.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(input.device.type)):
+        raise TypeError(
+            f"Linear got input {input.dtype} but weight is {weight.dtype}; cast one, e.g. "
+            f"input.to({weight.dtype}) or model.to({input.dtype}), or run under torch.autocast"
+        )
 
 
 def patch(model: nn.Module) -> nn.Module:

@@ -7,12 +7,13 @@ shape). Its backward GEMMs go through the same op, so they are tile-selected too
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
 from torch import Tensor
 
-from . import kernels
+from . import kernels, selector
 from .errors import DeviceMismatchError, DtypeError, ShapeError
 from .kernels import TileConfig
 
@@ -38,6 +39,26 @@ _TRITON_ERRORS = _triton_errors()
 # Callbacks (a, b) run on every GEMM the op computes; `gpperf_torch.nn.recording` adds one.
 observers: list = []
 
+# The per-call path reads these once (module globals: no attribute walks on every GEMM).
+_KERNEL_SET = frozenset(_KERNEL_DTYPES)
+_FLOATS = frozenset((*_KERNEL_DTYPES, torch.float64))
+_PLAIN = (Tensor, torch.nn.Parameter)  # plain tensors: no subclass behaviour for the eager fast path to skip
+_INTERPRETING = kernels.interpreting()
+_HAS_CUDA = torch.cuda.is_available()
+_grad_enabled = torch.is_grad_enabled
+_is_compiling = torch.compiler.is_compiling
+_any_autocast = torch._C._is_any_autocast_enabled
+
+
+def _capturing() -> bool:
+    """Whether the current CUDA stream is capturing a graph (CPU-only torch has no such state)."""
+    return _HAS_CUDA and torch.cuda.is_current_stream_capturing()
+
+
+@functools.lru_cache(maxsize=1024)
+def _config(key: str) -> TileConfig:
+    return TileConfig.from_key(key)
+
 
 def _torch_mm(a: Tensor, b: Tensor, bias: Tensor | None) -> Tensor:
     """torch.matmul (cuBLAS on a GPU), with the bias fused where torch can (addmm)."""
@@ -50,14 +71,16 @@ def _torch_mm(a: Tensor, b: Tensor, bias: Tensor | None) -> Tensor:
 
 def _run(a: Tensor, b: Tensor, bias: Tensor | None, config: str | None, objective: str | None) -> Tensor:
     """Select (unless forced) and launch. Shared by the CUDA kernel and the interpreted CPU kernel."""
-    from . import selector
-
-    cfg = TileConfig.from_key(config) if config else None
+    if _capturing():
+        return _run_captured(a, b, bias, config, objective)
+    cfg = _config(config) if config else None
     choice = selector.choose(a, b, cfg, objective)
     if choice is None:  # the model predicts torch.matmul (cuBLAS) is better for this objective
         return _torch_mm(a, b, bias)
     try:
-        return kernels.launch(a, b, cfg=choice, max_shared_memory=selector.max_shared_memory(a.device), bias=bias)
+        return kernels.launch(
+            a, b, cfg=choice, max_shared_memory=selector.max_shared_memory(a.device), bias=bias, check=False
+        )
     except _TRITON_ERRORS as e:
         shape = f"{tuple(a.shape)} @ {tuple(b.shape)} {a.dtype} on {a.device}"
         if cfg is not None:
@@ -69,23 +92,94 @@ def _run(a: Tensor, b: Tensor, bias: Tensor | None, config: str | None, objectiv
         return _torch_mm(a, b, bias)
 
 
+def _run_captured(a: Tensor, b: Tensor, bias: Tensor | None, config: str | None, objective: str | None) -> Tensor:
+    """Inside a CUDA graph capture: no selection, no compilation, only what the graph can replay.
+
+    A shape whose choice was made before the capture, with its kernel compiled, launches that kernel (recorded in
+    the graph). A shape met first inside the capture gets torch.matmul, which captures safely, with a warning
+    once; a forced config that was never compiled is an error (the caller asked for that kernel)."""
+    cfg = _config(config) if config else None
+    shape = f"{tuple(a.shape)} @ {tuple(b.shape)} {a.dtype}"
+    choice = cfg if cfg is not None else selector.cached_choice(a, b, objective)
+    if choice is selector.UNSEEN:
+        _warn_once(
+            f"capture-unseen:{shape}",
+            "gpperf: %s first met inside a CUDA graph capture, where no config may be selected; torch.matmul "
+            "computes it in this graph. Run one step before capturing to use a selected config",
+            shape,
+        )
+        return _torch_mm(a, b, bias)
+    if choice is None:
+        return _torch_mm(a, b, bias)
+    try:
+        return kernels.launch(
+            a,
+            b,
+            cfg=choice,
+            max_shared_memory=selector.max_shared_memory(a.device),
+            bias=bias,
+            check=False,
+            compiled_only=True,
+        )
+    except kernels.NotCompiledError as e:
+        if cfg is not None:
+            raise RuntimeError(f"forced config {cfg.key} inside a CUDA graph capture: {e}") from e
+        _warn_once(f"capture-compile:{shape}", "gpperf: %s; torch.matmul computes it in this graph", e)
+        return _torch_mm(a, b, bias)
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, msg: str, *args) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning(msg, *args)
+
+
 def _compute(
     a: Tensor, b: Tensor, bias: Tensor | None = None, config: str | None = None, objective: str | None = None
 ) -> Tensor:
-    """C = A @ B (+ bias over the last dimension) for 2-D or 3-D (batched) A, B; `config` forces a TileConfig
-    key, `objective` overrides the selection objective."""
-    for observe in observers:
-        observe(a, b)
-    if a.device.type == "cpu":
-        if kernels.interpreting() and a.dtype in _KERNEL_DTYPES:
-            return _run(a, b, bias, config, objective)
-        return _torch_mm(a, b, bias)
-    if a.dtype not in _KERNEL_DTYPES:  # float64 on CUDA: torch.matmul computes it (documented)
-        return _torch_mm(a, b, bias)
-    return _run(a, b, bias, config, objective)
+    """C = A @ B (+ bias over the last dimension) for 2-D or 3-D (batched) A, B, operands already checked;
+    `config` forces a TileConfig key, `objective` overrides the selection objective.
+
+    An empty GEMM (M, N, K or the batch 0) is torch's (empty, or zeros / the bias for K = 0), never selected;
+    so are float64, meta tensors, and the CPU without the interpreter."""
+    nonempty = a.numel() and b.numel()
+    if observers and nonempty:
+        for observe in observers:
+            observe(a, b)
+    if nonempty and a.dtype in _KERNEL_SET and (a.is_cuda or (_INTERPRETING and a.is_cpu)):
+        return _run(a, b, bias, config, objective)
+    return _torch_mm(a, b, bias)
 
 
-mm = torch.library.custom_op("gpperf::mm", _compute, mutates_args=(), device_types=("cuda", "cpu"))
+def _op_impl(
+    a: Tensor, b: Tensor, bias: Tensor | None = None, config: str | None = None, objective: str | None = None
+) -> Tensor:
+    """The op's implementation: called directly (torch.ops.gpperf.mm) its operands are checked here."""
+    _check_op_operands(a, b, bias)
+    return _compute(a, b, bias, config, objective)
+
+
+def _check_op_operands(a: Tensor, b: Tensor, bias: Tensor | None) -> None:
+    if a.dim() not in (2, 3) or b.dim() != a.dim():
+        raise ShapeError(
+            f"gpperf::mm takes 2-D or 3-D operands of equal rank, got a{tuple(a.shape)}, b{tuple(b.shape)}"
+        )
+    if a.shape[-1] != b.shape[-2] or (a.dim() == 3 and a.shape[0] != b.shape[0]):
+        raise ShapeError(f"gpperf::mm: shapes do not multiply: a{tuple(a.shape)} @ b{tuple(b.shape)}")
+    if a.dtype != b.dtype or (bias is not None and bias.dtype != a.dtype):
+        raise DtypeError(
+            f"gpperf::mm: dtypes differ: a {a.dtype}, b {b.dtype}" + ("" if bias is None else f", bias {bias.dtype}")
+        )
+    if a.device != b.device or (bias is not None and bias.device != a.device):
+        raise DeviceMismatchError(f"gpperf::mm: operands on different devices: a on {a.device}, b on {b.device}")
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != b.shape[-1]):
+        raise ShapeError(f"gpperf::mm: bias must be 1-D of {b.shape[-1]} elements, got {tuple(bias.shape)}")
+
+
+mm = torch.library.custom_op("gpperf::mm", _op_impl, mutates_args=(), device_types=("cuda", "cpu"))
 
 
 @mm.register_fake
@@ -96,6 +190,7 @@ def _mm_fake(
     torch._check(a.shape[-1] == b.shape[-2], lambda: f"inner dimensions differ: {a.shape} @ {b.shape}")
     if bias is not None:
         torch._check(bias.dim() == 1 and bias.shape[0] == b.shape[-1], lambda: f"bias {bias.shape} for N={b.shape[-1]}")
+        torch._check(bias.dtype == a.dtype, lambda: f"bias is {bias.dtype}, operands {a.dtype}")
     return a.new_empty((*a.shape[:-1], b.shape[-1]))
 
 
@@ -127,16 +222,17 @@ mm.register_autograd(_backward, setup_context=_setup_context)
 def _mm(a: Tensor, b: Tensor, bias: Tensor | None, config: str | None, objective: str | None) -> Tensor:
     """Call the op, or, in plain eager inference, its implementation directly.
 
-    The custom op's Python dispatch costs ~25 us per call, more than a small GEMM takes on a GPU. Where the op
-    adds nothing (no autograd to record, not tracing, plain tensors) the same implementation runs directly;
-    under torch.compile/export, autograd or tensor subclasses (FakeTensor, functionalization) the op is used.
+    The custom op's Python dispatch costs ~8-25 us per call, more than a small GEMM takes on a GPU. Where the op
+    adds nothing (no autograd to record, not tracing, plain tensors or parameters) the same implementation runs
+    directly; under torch.compile/export, autograd or tensor subclasses (FakeTensor, functionalization) the op
+    is used.
     """
     if (
-        type(a) is Tensor
-        and type(b) is Tensor
-        and (bias is None or (type(bias) is Tensor and not bias.requires_grad))
-        and not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad))
-        and not torch.compiler.is_compiling()
+        type(a) in _PLAIN
+        and type(b) in _PLAIN
+        and (bias is None or type(bias) in _PLAIN)
+        and not (_grad_enabled() and (a.requires_grad or b.requires_grad or (bias is not None and bias.requires_grad)))
+        and not _is_compiling()
     ):
         return _compute(a, b, bias, config, objective)
     return mm(a, b, bias, config, objective)
@@ -200,6 +296,40 @@ def matmul(a: Tensor, b: Tensor, *, config: TileConfig | str | None = None, obje
     objective: "time" (default), "energy", "edp", "balanced", "power_cap:<watts>"; default from
     `gpperf_torch.objective(...)` or the GPPERF_OBJECTIVE environment variable.
     """
+    # The straight paths: plain tensors, no options; each check here is one the general path makes too, and
+    # anything unusual goes there (which names the problem).
+    if config is None and objective is None and type(a) in _PLAIN and type(b) in _PLAIN:
+        if a.is_cuda:  # two 2-D tensors of one kernel dtype on one GPU, eager, no autocast
+            if a.ndim == 2 and b.ndim == 2 and not _is_compiling() and not _any_autocast():
+                dt = a.dtype
+                if (
+                    b.dtype is dt
+                    and dt in _FLOATS
+                    and a.shape[1] == b.shape[0]
+                    and b.is_cuda
+                    and a.get_device() == b.get_device()
+                ):
+                    if _grad_enabled() and (a.requires_grad or b.requires_grad):
+                        return mm(a, b, None, None, None)
+                    return _compute(a, b)
+        elif not _INTERPRETING:
+            # No kernel runs on a CPU without the interpreter: torch computes it (any rank, autograd, autocast,
+            # compile alike). Only a floating dtype is checked first: torch would multiply integers.
+            if not observers and a.is_cpu and a.dtype in _FLOATS:
+                try:
+                    return torch.matmul(a, b)
+                except RuntimeError:
+                    pass
+        elif a.ndim == 2 and b.ndim == 2 and a.is_cpu and b.is_cpu and not _is_compiling() and not _any_autocast():
+            dt = a.dtype
+            if b.dtype is dt and dt in _KERNEL_SET and a.shape[1] == b.shape[0]:  # the interpreted kernel
+                if _grad_enabled() and (a.requires_grad or b.requires_grad):
+                    return mm(a, b, None, None, None)
+                return _compute(a, b)
+    return _matmul_general(a, b, config, objective)
+
+
+def _matmul_general(a: Tensor, b: Tensor, config: TileConfig | str | None, objective: str | None) -> Tensor:
     a, b = _autocast(a, b)
     _check(a, b)
     key: str | None = None
@@ -218,6 +348,9 @@ def matmul(a: Tensor, b: Tensor, *, config: TileConfig | str | None = None, obje
         from .selector import parse_objective
 
         parse_objective(objective)  # fail here, at the call, not deep inside the op
+    if a.numel() == 0 or b.numel() == 0:
+        # An empty GEMM (M, N, K or a batch of 0): torch's result (empty, or zeros for K = 0), no selection.
+        return torch.matmul(a, b)
 
     if a.dim() == 2 and b.dim() == 2:  # the common case, without reshapes
         return _mm(a, b, None, key, objective)
@@ -251,11 +384,107 @@ def matmul(a: Tensor, b: Tensor, *, config: TileConfig | str | None = None, obje
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """`torch.nn.functional.linear` through the op: ``x @ weight^T + bias``, the bias added in the kernel's
-    epilogue (one launch, like cuBLAS's addmm), the weight read as a transposed view (no copy)."""
-    autocast_on = x.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(x.device.type)
+    epilogue (one launch, like cuBLAS's addmm), the weight read as a transposed view (no copy).
+
+    Same contract as F.linear: one dtype for input, weight and bias (torch.autocast casts them), a bias of
+    out_features elements or any shape F.linear broadcasts (e.g. (1, N))."""
+    # The straight paths (a Linear layer's call): plain tensors or parameters, a 2-D weight, a (N,) bias of the
+    # same dtype, one device, eager, no autocast, a non-empty GEMM.
+    if not _INTERPRETING and not observers and type(x) in _PLAIN and x.is_cpu:
+        # No kernel runs on a CPU without the interpreter: F.linear computes it, after the one check F.linear
+        # does not make (it accepts a 1-D weight); its own errors go to the general path, which names them.
+        if x.dtype in _FLOATS and type(weight) in _PLAIN and weight.ndim == 2:
+            try:
+                return torch.nn.functional.linear(x, weight, bias)
+            except RuntimeError:
+                pass
+    elif (
+        type(x) in _PLAIN
+        and type(weight) in _PLAIN
+        and (bias is None or type(bias) in _PLAIN)
+        and weight.ndim == 2
+        and x.ndim >= 1
+        and not _is_compiling()
+        and not _any_autocast()
+    ):
+        dt = x.dtype
+        K = x.shape[-1]
+        N = weight.shape[0]
+        if (
+            weight.dtype is dt
+            and dt in _FLOATS
+            and weight.shape[1] == K
+            and (bias is None or (bias.dtype is dt and bias.ndim == 1 and bias.shape[0] == N))
+            and x.numel()
+            and weight.numel()
+        ):
+            fast = False
+            if x.is_cuda:
+                dev = x.get_device()
+                fast = weight.is_cuda and weight.get_device() == dev and (bias is None or bias.get_device() == dev)
+            elif x.is_cpu and weight.is_cpu and (bias is None or bias.is_cpu):
+                fast = dt is not torch.float64  # the interpreted kernel (float64: the general path, torch)
+            if fast:
+                x2 = x if x.ndim == 2 else x.reshape(-1, K)
+                if _grad_enabled() and (
+                    x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+                ):
+                    out = mm(x2, weight.t(), bias, None, None)
+                else:
+                    out = _compute(x2, weight.t(), bias)
+                return out if x.ndim == 2 else out.reshape(*x.shape[:-1], N)
+    return _linear_general(x, weight, bias)
+
+
+def _linear_general(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    autocast_on = (
+        isinstance(x, Tensor) and x.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(x.device.type)
+    )
     x, w = _autocast(x, weight)
-    _check(x, w.t())
-    if bias is not None and autocast_on:
-        bias = bias.to(x.dtype)
-    out = _mm(x.reshape(-1, x.shape[-1]), w.t(), bias, None, None)
-    return out.reshape(*x.shape[:-1], w.shape[0])
+    if isinstance(w, Tensor) and w.dim() != 2:
+        raise ShapeError(f"linear expects a 2-D weight (out_features, in_features), got {tuple(w.shape)}")
+    _check(x, w.t() if isinstance(w, Tensor) else w)
+    N = w.shape[0]
+    fused = None
+    if bias is not None:
+        if not isinstance(bias, Tensor):
+            raise TypeError(f"linear: bias must be a tensor or None, got {type(bias).__name__}")
+        if autocast_on:
+            bias = bias.to(x.dtype)
+        if bias.device != x.device:
+            raise DeviceMismatchError(
+                f"linear: bias is on {bias.device}, input on {x.device}; move it with .to({str(x.device)!r})"
+            )
+        if bias.dtype != x.dtype:  # F.linear's rule too (it raises): the kernel would silently mix precisions
+            raise DtypeError(
+                f"linear: bias is {bias.dtype} but input and weight are {x.dtype}; cast it, e.g. "
+                f"bias.to({x.dtype}), or run under torch.autocast"
+            )
+        fused = _fusable_bias(x, w, bias)
+    if x.numel() == 0 or w.numel() == 0:
+        # An empty GEMM (no rows, no output or no input features): torch's result (empty, or the bias for
+        # in_features = 0), no selection.
+        return torch.nn.functional.linear(x, w, bias)
+    out = _mm(x.reshape(-1, x.shape[-1]), w.t(), fused, None, None)
+    out = out.reshape(*x.shape[:-1], N)
+    if bias is not None and fused is None:
+        out = out + bias  # a bias F.linear broadcasts but not per column (e.g. (M, N)); shape checked above
+    return out
+
+
+def _fusable_bias(x: Tensor, w: Tensor, bias: Tensor) -> Tensor | None:
+    """The bias as the (N,) vector the kernel adds to every row, or None where it is not one (then added after
+    the GEMM). Shapes F.linear rejects raise its error, found by running F.linear on meta tensors."""
+    N = w.shape[0]
+    if bias.dim() == 1 and bias.shape[0] == N:
+        return bias
+    meta = torch.nn.functional.linear(
+        torch.empty(x.shape, dtype=x.dtype, device="meta"),
+        torch.empty(w.shape, dtype=w.dtype, device="meta"),
+        torch.empty(bias.shape, dtype=bias.dtype, device="meta"),
+    )  # raises like F.linear for a bias it does not broadcast
+    if tuple(meta.shape) != (*x.shape[:-1], N):
+        raise ShapeError(f"linear: bias {tuple(bias.shape)} changes the output shape for input {tuple(x.shape)}")
+    if all(d == 1 for d in bias.shape[:-1]) and (bias.dim() == 0 or bias.shape[-1] in (1, N)):
+        return bias.reshape(-1).expand(N)  # (1, N), (1,), (): one value per column
+    return None

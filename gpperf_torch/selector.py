@@ -345,6 +345,20 @@ def choose(a: torch.Tensor, b: torch.Tensor, forced: TileConfig | None, objectiv
     return cfg
 
 
+UNSEEN = object()  # `cached_choice`'s answer for a GEMM this process has not selected a config for
+
+
+def cached_choice(a: torch.Tensor, b: torch.Tensor, objective: str | None) -> TileConfig | None | object:
+    """What `choose` would return for `a @ b` if that choice is already made, else UNSEEN: never selects, loads
+    a model or benchmarks. Asked inside a CUDA graph capture, where none of that may happen."""
+    st = _by_device.get(a.device)
+    if st is None:
+        return UNSEEN
+    key = _key(a, b, objective)
+    md = _mode_var.get() or _env["mode"]
+    return st.memory.get(key if md == "predict" else (*key, md), UNSEEN)
+
+
 # ---- first sight -------------------------------------------------------------------------------------
 def _valid_candidates(st: _State, dtype: str) -> list[TileConfig | None]:
     """The model's candidates (None: torch.matmul) that run on this device for `dtype` (cached per state)."""

@@ -12,12 +12,13 @@ from .configs import (
     elem_size,
     is_valid,
 )
-from .matmul import check_inputs, interpreting, launch, tf32_allowed
+from .matmul import NotCompiledError, check_inputs, interpreting, launch, tf32_allowed
 
 __all__ = [
     "CANDIDATE_GRID",
     "CONFIG_FIELDS",
     "DEFAULT_CONFIG",
+    "NotCompiledError",
     "SMALL_TILE_GRID",
     "SPLIT_K_GRID",
     "TileConfig",

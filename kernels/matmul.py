@@ -16,7 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .configs import TileConfig, check_config, elem_size
+from .configs import DEFAULT_CONFIG, TileConfig, check_config, elem_size
+from .launcher import LeanKernel
 
 _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
 _TL_DTYPE = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
@@ -157,15 +158,23 @@ def _splitk_reduce_kernel(
     tl.store(c_ptr + row * stride_cm + col * stride_cn, acc.to(c_ptr.dtype.element_ty), mask=mask)
 
 
+# Both kernels launch through the lean path when it is on (kernels/launcher.py; off by default).
+_MATMUL = LeanKernel(_matmul_kernel)
+_REDUCE = LeanKernel(_splitk_reduce_kernel)
+
+
+class NotCompiledError(RuntimeError):
+    """`launch(..., compiled_only=True)` met a kernel that would have to be compiled first (e.g. during a CUDA
+    graph capture, where compiling must not happen)."""
+
+
 @functools.lru_cache(maxsize=8192)
-def _config_reason(cfg: TileConfig, dtype: torch.dtype, max_shared_memory: int | None) -> str | None:
-    # launch() runs on every GEMM: validate each (config, dtype, device limit) once.
-    return check_config(cfg, elem_size=elem_size(dtype), max_shared_memory=max_shared_memory)
-
-
-def _span(t: torch.Tensor) -> int:
-    """Largest element offset reachable in one matrix of `t` (for choosing 64-bit indexing)."""
-    return sum((s - 1) * abs(st) for s, st in zip(t.shape[-2:], t.stride()[-2:], strict=True)) + 1
+def _plan(cfg: TileConfig, dtype: torch.dtype, max_shared_memory: int | None, tf32: bool) -> tuple:
+    """(input precision, interpreter bf16 upcast, why the config cannot run or None), once per combination."""
+    # ("tf32" for 16-bit inputs too: tl.dot ignores it there; one compiled variant)
+    precision = ("tf32" if tf32 else "ieee") if dtype == torch.float32 else "tf32"
+    upcast = _INTERPRETING and dtype == torch.bfloat16
+    return precision, upcast, check_config(cfg, elem_size=elem_size(dtype), max_shared_memory=max_shared_memory)
 
 
 def check_inputs(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> None:
@@ -202,57 +211,74 @@ def launch(
     allow_tf32: bool | None = None,
     max_shared_memory: int | None = None,
     bias: torch.Tensor | None = None,
+    check: bool = True,
+    compiled_only: bool = False,
 ) -> torch.Tensor:
     """Compute ``out = a @ b (+ bias)`` (2-D, or 3-D batched) with tile config `cfg`: check, allocate, launch.
 
     Any strides (transposed or sliced views are read in place, never copied). `bias` (N,) is added to every
     row in the kernel's epilogue (in fp32, before the cast to the output dtype).
+    check=False skips the operand checks (the op has done them once per call already).
+    compiled_only=True raises NotCompiledError, before launching anything, where a kernel would have to be
+    compiled first (inside a CUDA graph capture nothing may be compiled).
     """
-    from .configs import DEFAULT_CONFIG
-
-    check_inputs(a, b, out)
-    if bias is not None and (
-        bias.dim() != 1 or bias.shape[0] != b.shape[-1] or bias.device != a.device or not bias.is_floating_point()
-    ):
-        raise ValueError(
-            f"bias must be a floating 1-D tensor of {b.shape[-1]} elements on {a.device}, "
-            f"got {tuple(bias.shape)} {bias.dtype} on {bias.device}"
-        )
+    if check:
+        check_inputs(a, b, out)
+        if bias is not None and (
+            bias.dim() != 1 or bias.shape[0] != b.shape[-1] or bias.device != a.device or not bias.is_floating_point()
+        ):
+            raise ValueError(
+                f"bias must be a floating 1-D tensor of {b.shape[-1]} elements on {a.device}, "
+                f"got {tuple(bias.shape)} {bias.dtype} on {bias.device}"
+            )
+    # This runs on every GEMM: what depends only on (config, dtype, device limit, TF32) is worked out once
+    # (_plan), and sizes come from size()/stride() with integer arithmetic (triton.cdiv alone costs ~2 us).
     cfg = cfg or DEFAULT_CONFIG
-    reason = _config_reason(cfg, a.dtype, max_shared_memory)
+    dtype = a.dtype
+    tf32 = dtype is torch.float32 and bool(tf32_allowed() if allow_tf32 is None else allow_tf32)
+    precision, upcast, reason = _plan(cfg, dtype, max_shared_memory, tf32)
     if reason is not None:
-        raise ValueError(f"TileConfig {cfg.key} cannot run for {a.dtype} on {a.device}: {reason}")
-    M, K = a.shape[-2:]
-    N = b.shape[-1]
-    batch = a.shape[0] if a.dim() == 3 else 1
+        raise ValueError(f"TileConfig {cfg.key} cannot run for {dtype} on {a.device}: {reason}")
+    batched = a.dim() == 3
+    if batched:
+        batch, M, K = a.shape
+        sab, sam, sak = a.stride()
+        sbb, sbk, sbn = b.stride()
+    else:
+        batch = 1
+        M, K = a.shape
+        sab, (sam, sak) = 0, a.stride()
+        sbb, (sbk, sbn) = 0, b.stride()
+    N = b.size(-1)
     if out is None:
-        out = torch.empty((*a.shape[:-1], N), dtype=a.dtype, device=a.device)
+        out = a.new_empty((batch, M, N) if batched else (M, N))
     if M == 0 or N == 0 or batch == 0:
         return out
     if K == 0:
         return out.zero_() if bias is None else out.copy_(bias.expand_as(out))
-    if allow_tf32 is None and a.dtype == torch.float32:
-        allow_tf32 = bool(tf32_allowed())
-    precision = "tf32" if (a.dtype == torch.float32 and allow_tf32) else "ieee"
-    if a.dtype != torch.float32:
-        precision = "tf32"  # ignored by tl.dot for 16-bit inputs; keep one compiled variant
-    upcast = interpreting() and a.dtype == torch.bfloat16
-    index_64 = max(_span(a), _span(b), _span(out)) > _INT32_MAX
-
-    def bstride(t: torch.Tensor) -> int:
-        return t.stride(0) if t.dim() == 3 else 0
-
-    split_k = min(cfg.split_k, triton.cdiv(K, cfg.block_k))  # never launch empty K slices
+    if batched:
+        scb, scm, scn = out.stride()
+    else:
+        scb, (scm, scn) = 0, out.stride()
+    # 64-bit offsets when the largest element offset reachable in one matrix does not fit in int32
+    index_64 = max((M - 1) * sam + (K - 1) * sak, (K - 1) * sbk + (N - 1) * sbn, (M - 1) * scm + (N - 1) * scn) >= (
+        _INT32_MAX
+    )
+    split_k = min(cfg.split_k, (K + cfg.block_k - 1) // cfg.block_k)  # never launch empty K slices
     if split_k > 1 and split_k * M * N > _INT32_MAX:
         split_k = 1  # the fp32 workspace would need 64-bit indexing in the reduction; big outputs gain nothing
-    grid = (triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n), split_k, batch)
+    grid = (((M + cfg.block_m - 1) // cfg.block_m) * ((N + cfg.block_n - 1) // cfg.block_n), split_k, batch)
     if split_k == 1:
         target = out
-        stride_cb, stride_cs, stride_cm, stride_cn = bstride(out), 0, out.stride(-2), out.stride(-1)
+        stride_cb, stride_cs, stride_cm, stride_cn = scb, 0, scm, scn
     else:
         target = torch.empty((batch, split_k, M, N), dtype=torch.float32, device=a.device)
         stride_cb, stride_cs, stride_cm, stride_cn = target.stride()
-    _matmul_kernel[grid](
+    pending: list = []
+    mm_kernel, reduce_kernel = (
+        (_MATMUL, _REDUCE) if not compiled_only else (_Deferred(_MATMUL, pending), _Deferred(_REDUCE, pending))
+    )
+    mm_kernel[grid](
         a,
         b,
         target,
@@ -260,12 +286,12 @@ def launch(
         M,
         N,
         K,
-        bstride(a),
-        a.stride(-2),
-        a.stride(-1),
-        bstride(b),
-        b.stride(-2),
-        b.stride(-1),
+        sab,
+        sam,
+        sak,
+        sbb,
+        sbk,
+        sbn,
         stride_cb,
         stride_cs,
         stride_cm,
@@ -285,7 +311,7 @@ def launch(
     )
     if split_k > 1:
         block = 1024
-        _splitk_reduce_kernel[(triton.cdiv(M * N, block), 1, batch)](
+        reduce_kernel[((M * N + block - 1) // block, 1, batch)](
             target,
             out,
             out if bias is None else bias,
@@ -293,12 +319,36 @@ def launch(
             N,
             target.stride(0),
             target.stride(1),
-            bstride(out),
-            out.stride(-2),
-            out.stride(-1),
+            scb,
+            scm,
+            scn,
             0 if bias is None else bias.stride(0),
             SPLIT_K=split_k,
             BLOCK=block,
             HAS_BIAS=bias is not None,
         )
+    if compiled_only:
+        _launch_if_compiled(pending, f"{tuple(a.shape)} @ {tuple(b.shape)} {a.dtype} with {cfg.key}")
     return out
+
+
+class _Deferred:
+    """Records a `kernel[grid](...)` launch instead of making it (see launch's compiled_only)."""
+
+    def __init__(self, kernel: LeanKernel, sink: list):
+        self.kernel, self.sink = kernel, sink
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.sink.append((self.kernel, grid, args, kwargs))
+
+
+def _launch_if_compiled(pending: list, what: str) -> None:
+    """Launch the recorded kernels only if every one of them is compiled already (else launch none)."""
+    for kernel, _grid, args, kwargs in pending:
+        if not kernel.is_compiled(args, kwargs):
+            raise NotCompiledError(
+                f"{kernel.fn.__name__ if hasattr(kernel.fn, '__name__') else kernel.fn} for {what} is not compiled "
+                "yet; run this shape once before the CUDA graph capture (a warm-up step)"
+            )
+    for kernel, grid, args, kwargs in pending:
+        kernel[grid](*args, **kwargs)

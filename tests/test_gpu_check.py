@@ -18,6 +18,8 @@ pytest.importorskip("skl2onnx", reason="the check trains a model: needs the [tra
 @pytest.mark.timeout(400)
 def test_gpu_check_dry_run(tmp_path):
     env = dict(os.environ, TRITON_INTERPRET="1", GPPERF_DISK_CACHE="0")
+    # this checkout's package, whichever one the environment has installed (as gpu_check.sh's shim does)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
     env.pop("OUT", None)
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks/gpu_check.py"), "--dry-run", "--out", str(tmp_path)],
@@ -26,7 +28,7 @@ def test_gpu_check_dry_run(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     steps = summary["steps"]
-    assert list(steps) == ["env", "tests", "tune", "predict", "e2e", "overhead", "model"]
+    assert list(steps) == ["env", "tests", "tune", "predict", "e2e", "overhead", "decode", "model"]
     assert all(s["status"] == "ok" for s in steps.values()), {k: v.get("error") for k, v in steps.items()}
     assert steps["tests"]["result"]["passed"] > 0 and steps["tests"]["result"]["failures"] == 0
     assert steps["tune"]["result"]["rows_written"] > 0 and steps["tune"]["result"]["interpreted"]
@@ -34,9 +36,23 @@ def test_gpu_check_dry_run(tmp_path):
     assert held["n_shapes"] >= 1 and held["geomean_regret"] >= 1.0
     assert steps["e2e"]["result"]["shapes"] >= 1
     assert steps["overhead"]["result"]["first_sight_30_ms"][0] > 0
+    assert set(steps["tests"]["result"]["runs"]) == {"lean_off", "lean_on"}  # the tests run both ways
+    assert all(r["passed"] > 0 and r["failures"] == 0 for r in steps["tests"]["result"]["runs"].values())
+    decode = steps["decode"]["result"]
+    rows = {r["row"]: r for r in decode["rows"]}
+    assert list(rows) == [
+        "plain", "patched torch-only", "patched predict", "patched predict, lean", "patched verify",
+        "patched verify, lean", "plain, CUDA graph", "patched predict, CUDA graph",
+    ]  # fmt: skip
+    assert decode["interpreter"] and decode["gemm_calls_per_step"] > 0
+    for name in ("plain", "patched torch-only", "patched predict", "patched verify"):
+        assert rows[name]["tokens_per_s"] > 0 and rows[name]["us_per_gemm"] > 0, rows[name]
+        assert rows[name]["max_dlogit_vs_plain"] < 1e-3
+    assert "skipped" in rows["plain, CUDA graph"]  # no GPU
     for name in ("summary.md", "tune.csv", "e2e.csv", "tests.xml", "model.onnx", "model.json"):
         assert (tmp_path / name).is_file(), name
     assert len(list(tmp_path.iterdir())) <= 8, "a device call brings back at most 8 files"
     md = (tmp_path / "summary.md").read_text()
     assert "| tune | ok |" in md and "held-out" in md
+    assert "| decode row | tokens/s |" in md and "INTERPRETER NUMBERS" in md
     assert md.strip() in proc.stdout, "the summary table is printed last"

@@ -149,7 +149,8 @@ def test_forced_config_must_be_valid():
 
 @pytest.mark.cuda
 def test_cuda_graph_capture_with_cached_and_new_shapes():
-    """Selection launches no GPU work in predict mode: inside a capture a shape may be cached or seen first."""
+    """Inside a capture a cached shape launches its compiled kernel; a shape seen first there gets torch.matmul
+    (no selection during a capture); both replay correctly."""
     from gpperf_torch import selector
 
     a = randn(256, 512, dtype=torch.float16, device="cuda")
