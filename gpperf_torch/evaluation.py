@@ -422,17 +422,33 @@ def _pool_by_size(bins: list[dict]) -> list[dict]:
     ]
 
 
-def regrets_per_group(predictor, table: Table, device_lookup=None) -> tuple[np.ndarray, np.ndarray]:
-    """(log2 MNK, regret) of every group with a finite Triton time: for plots (report.py)."""
-    pt = predictor.predict_features(table_features(table, device_lookup))[:, 0]
-    sizes, regrets = [], []
+def per_group_choices(predictor, table: Table, device_lookup=None, policy=None) -> dict[str, np.ndarray]:
+    """Per group with a finite Triton time, the dispatch policy's choice (as evaluate makes it): "size"
+    (log2 MNK), "regret" of the Triton pick, and, NaN where the group has no cuBLAS time, "speedup" over
+    cuBLAS of the dispatch and "to_extern". For plots (report.py)."""
+    policy = _policy_of(predictor, policy)
+    pred, dev = _spread(predictor, table_features(table, device_lookup))
+    pt, work_all = pred[:, 0], _table_work(table)
+    floor = (getattr(predictor, "meta", None) or {}).get("time_floor_ms") or getattr(predictor, "time_floor_ms", None)
+    out: dict[str, list] = {"size": [], "regret": [], "speedup": [], "to_extern": []}
     for g in _groups(table):
         finite = np.isfinite(g.triton_time)
-        if finite.any():
-            p = np.where(finite, pt[g.triton_rows], np.inf)
-            regrets.append(g.triton_time[int(np.argmin(p))] / g.triton_time[finite].min())
-            sizes.append(g.size)
-    return np.asarray(sizes), np.asarray(regrets)
+        if not finite.any():
+            continue
+        d, _ = _dispatch_group(g, finite, pt, dev, work_all, policy, floor)
+        pick_time = float(g.triton_time[finite][d.triton_index])
+        out["size"].append(g.size)
+        out["regret"].append(pick_time / g.triton_time[finite].min())
+        has_torch = d.torch_index is not None
+        out["speedup"].append(g.torch_time / (g.torch_time if d.to_extern else pick_time) if has_torch else math.nan)
+        out["to_extern"].append(float(d.to_extern) if has_torch else math.nan)
+    return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
+
+
+def regrets_per_group(predictor, table: Table, device_lookup=None) -> tuple[np.ndarray, np.ndarray]:
+    """(log2 MNK, regret of the dispatch policy's Triton pick) of every group with a finite Triton time."""
+    c = per_group_choices(predictor, table, device_lookup)
+    return c["size"], c["regret"]
 
 
 def combine_splits(runs: list[dict]) -> dict:
