@@ -147,7 +147,7 @@ class _State:
         self.model = _load_model(info, model_path)
         self.memory: dict[tuple, TileConfig | None] = {}
         self.valid: dict[str, list[TileConfig | None]] = {}
-        self.valid_matrix: dict[str, np.ndarray] = {}  # features.config_matrix of self.valid[dtype]
+        self.valid_matrix: dict[str, tuple[list, np.ndarray]] = {}  # (self.valid[dtype], its config_matrix)
         # The dispatch policy (dispatch.py): the model's calibrated confidence and host cost, the GPU check's
         # measured host cost for this device when there is one.
         self.policy = policy_for(self.model.meta if self.model else None, info.name)
@@ -329,7 +329,7 @@ def _valid_candidates(st: _State, dtype: str) -> list[TileConfig | None]:
         if not cached:
             raise ValueError(f"none of the model's {len(cands)} candidates runs on {st.info.name} for {dtype}")
         st.valid[dtype] = cached
-        st.valid_matrix[dtype] = config_matrix(cached)
+        st.valid_matrix[dtype] = (cached, config_matrix(cached))
     return cached
 
 
@@ -347,6 +347,8 @@ def rank_with_decision(st: _State, key: tuple) -> tuple[list[tuple[TileConfig | 
     m, n, k, batch, dtype, a_t, b_t, tf32, obj_s = key
     obj = parse_objective(obj_s)
     cands = _valid_candidates(st, dtype)
+    entry = st.valid_matrix.get(dtype)
+    matrix = entry[1] if entry is not None and entry[0] is cands else config_matrix(cands)
     dev = None
     if st.model is None:
         t = analytic_time_ms(m * batch, n, k, dtype, cands, st.info)
@@ -360,14 +362,13 @@ def rank_with_decision(st: _State, key: tuple) -> tuple[list[tuple[TileConfig | 
                 "`gpperf-torch tune` (NVML) and `gpperf-torch train`, or use objective='time'"
             )
         # Batched GEMMs are scored as one GEMM of batch*M rows (same tiles and waves; see DESIGN's key).
-        matrix = st.valid_matrix[dtype]
         preds, dev = st.model.predict_trees(m * batch, n, k, dtype, a_t, b_t, tf32=tf32, cfgs=matrix, device=st.info)
     is_torch = np.array([c is None for c in cands])
     host = np.where(is_torch, st.policy.host_ms.get("torch", 0.0), st.policy.host_ms.get("triton", 0.0))
     decision = None
     if obj.name == "time":
         t = preds["time_ms"]  # predict_trees has already lifted the shape to the model's time floor
-        work = padded_work(m * batch, n, k, st.valid_matrix[dtype])
+        work = padded_work(m * batch, n, k, matrix)
         decision = decide(t, is_torch, st.policy, log_dev=dev, work=work)
         # The choice first; when that is torch.matmul, the Triton pick it was weighed against next.
         head = [decision.index]
