@@ -1,10 +1,10 @@
 """Dispatch against cuBLAS on shapes unlike the training data: the table of docs/predictor.md ("Dispatch").
 
-    python benchmarks/dispatch_eval.py [--data DIR] [--gpus h100 a100] [--seeds 0 1 2] [--inner 3] [--json FILE]
+    python benchmarks/dispatch_eval.py [--data DIR] [--gpus h100 a100] [--seeds 0 1 2] [--inner 10] [--json FILE]
 
 Three tests per GPU, each over several seeds, each with the shipped procedure (benchmarks/train_shipped.py's
-files, `train.held_out_metrics` to calibrate the dispatch confidence z on `--inner` grouped splits of the
-training side only, then one fit on the whole training side, evaluated on the test side at that z):
+files, `train.held_out_metrics` to calibrate the dispatch confidence z on `--inner` (10, as shipped) grouped
+splits of the training side only, then one fit on the whole training side, evaluated on the test side at that z):
 
 - `hf_split`:  a grouped 30% split of the Hugging Face model GEMMs (`*_hf_mm.csv`) is the test; everything
   else trains (random shapes, the other 70% of HF shapes, and for H100 the A100 rows, as shipped);
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpus", nargs="+", default=["h100", "a100"])
     ap.add_argument("--tests", nargs="+", default=["hf_split", "rand2hf", "rand_split"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--inner", type=int, default=3, help="grouped splits of the training side that calibrate z")
+    ap.add_argument("--inner", type=int, default=10, help="grouped splits of the training side that calibrate z")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
