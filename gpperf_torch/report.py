@@ -91,7 +91,7 @@ def draw_report(predictor, table, out_dir: str | Path, *, title: str = "") -> li
         geo = float(np.exp(np.mean(np.log(sp))))
         to_ext = float(np.nanmean(choices["to_extern"]))
         ax.set(xscale="log", xlabel="speedup over cuBLAS (dispatch policy)", ylabel="share of shapes")
-        ax.set_title(f"{title} geomean {geo:.3f}, {to_ext:.0%} to cuBLAS ({len(sp)} shapes)".strip())
+        ax.set_title(f"{title}\ngeomean {geo:.3f}, {to_ext:.0%} to cuBLAS ({len(sp)} shapes)".strip(), fontsize=10)
         ax.legend(loc="upper left")
         written.append(_save(fig, out_dir / "speedup_vs_cublas_cdf.png", plt))
     return written
