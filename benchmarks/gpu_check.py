@@ -202,10 +202,18 @@ def step_overhead(c: Check) -> dict:
         import selection_overhead
     finally:
         sys.path.pop(0)
-    from gpperf_torch import selector
+    from gpperf_torch import dispatch, selector
 
+    cache = selector.cache_dir()  # before measure(), which points GPPERF_CACHE_DIR at a temporary directory
     selector.reset()  # the shipped model for this GPU, not the e2e step's split model
-    return selection_overhead.measure(repeats=60 if c.dry else 200)
+    res = selection_overhead.measure(repeats=60 if c.dry else 200)
+    host = res.get("host_us_per_call", {})
+    if "kernels.launch" in host:  # a real GPU: record the per-call host cost that dispatch adds in eager mode
+        measured = {"triton": host["gpperf_torch.matmul"] / 1e3, "torch": host["torch.matmul"] / 1e3}
+        res["host_cost_file"] = str(
+            dispatch.write_host_cost(res.get("device", "unknown"), measured, source="gpu_check overhead", cache=cache)
+        )
+    return res
 
 
 STEPS = {

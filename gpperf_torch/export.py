@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .dispatch import Policy
 from .features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, feature_index
 from .fitting import COMPUTE_FEATURE, MEMORY_FEATURE, ROOFLINE_SHIFT, TF32_SHIFT, Fitted, config_mask
 from .predictor import MODEL_FORMAT, MODEL_FORMAT_VERSION, file_sha256
@@ -78,6 +79,8 @@ def export(model: Fitted, out: str | Path, meta: dict | None = None) -> tuple[Pa
         "device": model.device.as_dict(),
         "baseline_static_ranking": model.static_ranking,
         "time_floor_ms": model.time_floor_ms,
+        # The dispatch policy (dispatch.Policy.from_meta reads it); without calibration, the defaults.
+        "dispatch": model.dispatch or Policy().as_dict(),
         "forest": {
             **model.params,
             "n_nodes": model.n_nodes,
@@ -114,6 +117,7 @@ def to_onnx(model: Fitted):
         return onnx.compose.add_prefix(onx, prefix) if prefix else onx
 
     rel = convert(model.rel, "rel", 1, "")  # input: features
+    _per_tree_outputs(rel, model.rel.n_estimators)
     off = convert(model.offset, "off", 1, "offset_")  # input: offset_features
     consts = [
         numpy_helper.from_array(config_mask(), "config_mask"),
@@ -172,7 +176,10 @@ def to_onnx(model: Fitted):
         nodes + glue_out,
         "gpperf_predictor",
         inputs=[helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, len(FEATURE_NAMES)])],
-        outputs=[helper.make_tensor_value_info("log_targets", TensorProto.FLOAT, [None, len(model.targets)])],
+        outputs=[
+            helper.make_tensor_value_info("log_targets", TensorProto.FLOAT, [None, len(model.targets)]),
+            helper.make_tensor_value_info("rel_trees", TensorProto.FLOAT, [None, model.rel.n_estimators]),
+        ],
         initializer=inits,
     )
     opsets = {o.domain: o.version for o in rel.opset_import}
@@ -181,6 +188,38 @@ def to_onnx(model: Fitted):
     merged.ir_version = rel.ir_version
     onnx.checker.check_model(merged)
     return merged
+
+
+def _per_tree_outputs(rel, n_trees: int) -> None:
+    """Rewrite the rank forest's TreeEnsembleRegressor (in place) to output every tree's prediction.
+
+    skl2onnx sums the trees with each leaf weight divided by the tree count into one target; giving each tree
+    its own target (target_ids = tree ids) and its undivided weight yields the (n, n_trees) matrix "rel_trees",
+    and a ReduceMean of it restores the forest's output. One tree walk serves both: the spread of the trees is
+    what dispatch (dispatch.py) reads as the model's uncertainty, at no extra tree evaluation.
+    """
+    from onnx import helper
+
+    (index,) = [i for i, n in enumerate(rel.graph.node) if n.op_type == "TreeEnsembleRegressor"]
+    node = rel.graph.node[index]
+    attrs = {a.name: a for a in node.attribute}
+    if "target_weights" not in attrs or attrs["n_targets"].i != 1:
+        raise ValueError("unexpected skl2onnx forest encoding: cannot expose per-tree outputs")
+    tree_ids = list(attrs["target_treeids"].ints)
+    weights = [w * n_trees for w in attrs["target_weights"].floats]
+    keep = [a for a in node.attribute if a.name not in ("n_targets", "target_ids", "target_weights")]
+    del node.attribute[:]
+    node.attribute.extend(keep)
+    node.attribute.extend(
+        [
+            helper.make_attribute("n_targets", n_trees),
+            helper.make_attribute("target_ids", tree_ids),
+            helper.make_attribute("target_weights", weights),
+        ]
+    )
+    mean_out = node.output[0]
+    node.output[0] = "rel_trees"
+    rel.graph.node.insert(index + 1, helper.make_node("ReduceMean", ["rel_trees"], [mean_out], axes=[1], keepdims=1))
 
 
 def _json_default(obj):

@@ -18,7 +18,7 @@ import numpy as np
 from .device import DeviceInfo, descriptor_from_fields, known_device
 from .kernels.configs import CONFIG_FIELDS, TileConfig, elem_size
 
-FEATURE_SCHEMA_VERSION = 2  # v2: mma_kind, dev_capability
+FEATURE_SCHEMA_VERSION = 3  # v2: mma_kind, dev_capability; v3: a_ld_align, b_ld_align
 
 # Column order of a config matrix: CONFIG_FIELDS (TileConfig's fields); a row of zeros is torch.matmul (cuBLAS).
 
@@ -70,7 +70,15 @@ FEATURE_NAMES = (
     "dev_mem_clock_mhz",
     "dev_mem_bw_gbs",
     "dev_capability",  # compute capability as major + minor / 10 (9.0 for H100)
+    # --- the operands' alignment ---------------------------------------------------------------------
+    # log2 of the alignment in bytes of each operand's leading dimension (A: K, or M when transposed; B: N, or K
+    # when transposed), capped at 16 B: 16-byte vector loads (and TMA) need it, and Triton falls back to narrower
+    # loads when it cannot prove it. Real-model shapes (vocabularies of 50257 or 30522 rows) are often unaligned,
+    # random shapes rarely; on them a transposed operand with an odd leading dimension ran Triton 3-6x slower.
+    "a_ld_align",
+    "b_ld_align",
 )
+ALIGN_CAP_BYTES = 16
 N_FEATURES = len(FEATURE_NAMES)
 _IDX = {name: i for i, name in enumerate(FEATURE_NAMES)}
 # Columns that describe a Triton config: zeroed on torch.matmul rows so that they carry no made-up tile.
@@ -177,6 +185,17 @@ def _cached_config_part(cfg: np.ndarray) -> _ConfigPart:
     return part
 
 
+def _ld_align_scalar(ld: float, esize: float) -> float:
+    nbytes = int(ld) * int(esize)
+    return float(min(nbytes & -nbytes, ALIGN_CAP_BYTES).bit_length() - 1)
+
+
+def _ld_align(ld: np.ndarray, esize: np.ndarray) -> np.ndarray:
+    """log2 of the power-of-two alignment (bytes, capped at ALIGN_CAP_BYTES) of leading dimensions `ld`."""
+    nbytes = np.asarray(ld, dtype=np.int64) * np.asarray(esize, dtype=np.int64)
+    return np.log2(np.minimum(nbytes & -nbytes, ALIGN_CAP_BYTES).astype(np.float64))
+
+
 def _features(m, n, k, esize, is_bf16, tf32, a_trans, b_trans, part: _ConfigPart, dev, n_rows: int):
     """The feature matrix (float32, n_rows x N_FEATURES).
 
@@ -200,6 +219,8 @@ def _features(m, n, k, esize, is_bf16, tf32, a_trans, b_trans, part: _ConfigPart
             float(esize == 4 and bool(tf32)) * (a_trans + 1 - b_trans), logs[3], logs[4], logs[5],
         ])[:, None]  # fmt: skip
         out[36:42] = np.array([sm, smem_dev / 1024.0, clk, mclk, bw, cap])[:, None]
+        out[42] = _ld_align_scalar(m if a_trans else k, esize)
+        out[43] = _ld_align_scalar(k if b_trans else n, esize)
     else:
         out[0] = np.log2(m)
         out[1] = np.log2(n)
@@ -223,6 +244,8 @@ def _features(m, n, k, esize, is_bf16, tf32, a_trans, b_trans, part: _ConfigPart
         out[39] = mclk
         out[40] = bw
         out[41] = cap
+        out[42] = _ld_align(np.where(np.asarray(a_trans) != 0, m, k), esize)
+        out[43] = _ld_align(np.where(np.asarray(b_trans) != 0, k, n), esize)
     out[13:21] = part.static
 
     sizes = np.array([[m], [n], [k]]) if np.ndim(m) == 0 else np.stack([m, n, k])
@@ -334,7 +357,7 @@ def feature_index(name: str) -> int:
 
 
 # _features writes columns by position: keep it in step with FEATURE_NAMES.
-assert N_FEATURES == 42
+assert N_FEATURES == 44
 
 __all__ = [
     "CONFIG_COLUMNS",

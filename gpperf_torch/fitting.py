@@ -107,6 +107,7 @@ class Fitted:
     params: dict = field(default_factory=dict)
     energy: object | None = None  # RandomForestRegressor: (log power_w, log energy_j/time_ms); None: time only
     time_floor_ms: float | None = None  # the fastest measured training row (predictions are lifted to it)
+    dispatch: dict | None = None  # the calibrated dispatch policy (dispatch.Policy.as_dict), set by train
 
     def log_predict(self, X: np.ndarray) -> np.ndarray:
         """(n, n_targets) natural-log predictions, the same values the exported graph computes."""
@@ -123,9 +124,20 @@ class Fitted:
         """Same contract as Predictor.predict_features: linear units, (n, n_targets)."""
         return np.exp(self.log_predict(X))
 
+    def predict_with_spread(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Same contract as Predictor.predict_with_spread: (predict_features(X), (n, n_trees) per-tree log
+        deviations of the rank forest from its mean)."""
+        X = np.asarray(X, dtype=np.float32)
+        trees = np.stack([t.predict(X) for t in self.rel.estimators_], axis=1).astype(np.float64)
+        return self.predict_features(X), trees - trees.mean(axis=1, keepdims=True)
+
     @property
     def meta(self) -> dict:
-        return {"targets": list(self.targets), "baseline_static_ranking": self.static_ranking}
+        return {
+            "targets": list(self.targets),
+            "baseline_static_ranking": self.static_ranking,
+            **({"dispatch": self.dispatch} if self.dispatch else {}),
+        }
 
     @property
     def forests(self) -> tuple:

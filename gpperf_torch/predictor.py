@@ -27,7 +27,7 @@ from .kernels.configs import TileConfig
 logger = logging.getLogger(__name__)
 
 MODEL_FORMAT = "gpperf-model"
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2  # v2: the graph also outputs the rank forest per tree ("rel_trees")
 TORCH_KEY = "torch"  # the candidate key of torch.matmul (cuBLAS)
 KNOWN_TARGETS = ("time_ms", "power_w", "energy_j")
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -57,6 +57,12 @@ def parse_candidates(keys: Sequence[str]) -> list[TileConfig | None]:
 
 def check_meta(meta: dict, where: str) -> None:
     """ValueError when model metadata cannot be used with this version of the feature code."""
+    if meta.get("format") == MODEL_FORMAT and meta.get("format_version") != MODEL_FORMAT_VERSION:
+        raise ValueError(
+            f"{where}: model format v{meta.get('format_version')}, this gpperf reads v{MODEL_FORMAT_VERSION}"
+            " (v2 adds the per-tree output that dispatch reads as uncertainty): retrain it with `gpperf-torch train`"
+            " or use the gpperf-torch version that wrote it"
+        )
     if meta.get("format") != MODEL_FORMAT or meta.get("format_version") != MODEL_FORMAT_VERSION:
         raise ValueError(
             f"{where}: not a gpperf model description (format={meta.get('format')!r}, "
@@ -95,6 +101,12 @@ class Predictor:
         self.model_hash: str = meta["onnx_sha256"]
         self.path = onnx_path
         self._cand_matrix = config_matrix(self.candidates)
+        self._outputs = [o.name for o in session.get_outputs()]
+        if self._outputs[1:2] != ["rel_trees"]:
+            raise ValueError(
+                f"{onnx_path}: the graph has no per-tree output 'rel_trees' (outputs {self._outputs}): it was"
+                " exported by an older gpperf-torch; retrain it with `gpperf-torch train`"
+            )
         n_out = session.get_outputs()[0].shape[-1]
         if isinstance(n_out, int) and n_out != len(self.targets):
             raise ValueError(
@@ -149,8 +161,19 @@ class Predictor:
         X = np.ascontiguousarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[1] != len(FEATURE_NAMES):
             raise ValueError(f"predict_features takes (n, {len(FEATURE_NAMES)}) float32 rows, got {X.shape}")
-        (y,) = self._session.run(None, {self._input: X})
+        (y,) = self._session.run(self._outputs[:1], {self._input: X})
         return np.exp(np.asarray(y, dtype=np.float64).reshape(len(X), len(self.targets)))
+
+    def predict_with_spread(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(predict_features(X), (n, n_trees) per-tree log deviations of the rank forest from its mean): the
+        model's own uncertainty, from the same onnxruntime call (the graph's second output)."""
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != len(FEATURE_NAMES):
+            raise ValueError(f"predict_with_spread takes (n, {len(FEATURE_NAMES)}) float32 rows, got {X.shape}")
+        y, trees = self._session.run(self._outputs, {self._input: X})
+        trees = np.asarray(trees, dtype=np.float64)
+        pred = np.exp(np.asarray(y, dtype=np.float64).reshape(len(X), len(self.targets)))
+        return pred, trees - trees.mean(axis=1, keepdims=True)
 
     def predict(
         self,
@@ -169,6 +192,21 @@ class Predictor:
         `cfgs` may be TileConfigs/None or a config matrix (features.config_matrix); `device` defaults to the
         device the model was trained on.
         """
+        return self.predict_trees(m, n, k, dtype, a_trans, b_trans, tf32, cfgs, device)[0]
+
+    def predict_trees(
+        self,
+        m: int,
+        n: int,
+        k: int,
+        dtype: object,
+        a_trans: bool | int,
+        b_trans: bool | int,
+        tf32: bool | int = False,
+        cfgs: Sequence[TileConfig | None] | np.ndarray | None = None,
+        device: DeviceInfo | None = None,
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """predict()'s dict and the (n_cfg, n_trees) per-tree log deviations of time (predict_with_spread)."""
         if cfgs is None:
             matrix = self._cand_matrix
         elif isinstance(cfgs, np.ndarray):
@@ -176,7 +214,7 @@ class Predictor:
         else:
             matrix = config_matrix(cfgs)
         X = shape_features(m, n, k, dtype, a_trans, b_trans, tf32, matrix, device or self.device)
-        y = self.predict_features(X)
+        y, dev = self.predict_with_spread(X)
         out = {name: y[:, i] for i, name in enumerate(self.targets)}
         # Below the fastest time it was trained on (tiny shapes) the shape-level estimate extrapolates to
         # nanoseconds; lift the whole shape to that floor: every ratio between candidates, so every ranking
@@ -188,7 +226,7 @@ class Predictor:
             out["time_ms"] = out["time_ms"] * scale
             if "energy_j" in out:
                 out["energy_j"] = out["energy_j"] * scale
-        return out
+        return out, dev
 
 
 def shipped_model(short_name: str) -> Path | None:

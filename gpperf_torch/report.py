@@ -26,8 +26,9 @@ def _plt():
 
 
 def draw_report(predictor, table, out_dir: str | Path, *, title: str = "") -> list[Path]:
-    """Write predicted_vs_measured.png, regret_cdf.png and regret_by_size.png into `out_dir`."""
-    from .evaluation import regrets_per_group
+    """Write predicted_vs_measured.png, regret_cdf.png, regret_by_size.png and speedup_vs_cublas_cdf.png (the
+    dispatch policy against always calling cuBLAS) into `out_dir`."""
+    from .evaluation import per_group_choices, regrets_per_group
     from .features import table_features
 
     plt = _plt()
@@ -77,6 +78,22 @@ def draw_report(predictor, table, out_dir: str | Path, *, title: str = "") -> li
     ax.set(yscale="log", xlabel="log2(M*N*K)", ylabel="regret")
     ax.set_title(f"{title} regret by shape size".strip())
     written.append(_save(fig, out_dir / "regret_by_size.png", plt))
+
+    # What users get against always calling cuBLAS: the dispatch policy's choice (dispatch.decide, as eval).
+    choices = per_group_choices(predictor, table)
+    sp = choices["speedup"][np.isfinite(choices["speedup"])]
+    if len(sp):
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        r = np.sort(sp)
+        ax.step(r, np.arange(1, len(r) + 1) / len(r), where="post")
+        ax.axvline(0.97, color="C3", ls=":", lw=0.8, label="0.97x")
+        ax.axvline(1.0, color="k", ls=":", lw=0.8)
+        geo = float(np.exp(np.mean(np.log(sp))))
+        to_ext = float(np.nanmean(choices["to_extern"]))
+        ax.set(xscale="log", xlabel="speedup over cuBLAS (dispatch policy)", ylabel="share of shapes")
+        ax.set_title(f"{title}\ngeomean {geo:.3f}, {to_ext:.0%} to cuBLAS ({len(sp)} shapes)".strip(), fontsize=10)
+        ax.legend(loc="upper left")
+        written.append(_save(fig, out_dir / "speedup_vs_cublas_cdf.png", plt))
     return written
 
 

@@ -42,15 +42,17 @@ def cache_dir() -> Path:
         return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gpperf-torch"
 
 
-def cache_token(meta: dict | None, analytic: dict | None = None) -> str:
+def cache_token(meta: dict | None, analytic: dict | None = None, policy: dict | None = None) -> str:
     """What a cache file is keyed by besides the device: a digest of the model's whole description (model.json:
     the ONNX hash, the candidate set, the targets, the time floor, ...), so an edited model.json never reuses
     selections made with another candidate set. Without a model: the analytic rule's parameters and the
-    candidate space it ranks."""
+    candidate space it ranks. `policy`: the dispatch policy's terms (dispatch.Policy.as_dict), when given."""
     if meta is None:
         from . import kernels
 
         meta = {"analytic": analytic or {}, "candidates": [c.key for c in kernels.candidate_space()]}
+    if policy is not None:
+        meta = {"model": meta, "policy": policy}
     blob = json.dumps(meta, sort_keys=True, separators=(",", ":"), default=str).encode()
     return hashlib.sha256(blob).hexdigest()
 

@@ -23,7 +23,9 @@ import torch
 
 from . import env, kernels
 from .device import KNOWN_DEVICES, DeviceInfo, device_for
+from .dispatch import Decision, decide, padded_work, policy_for
 from .errors import ModelError
+from .features import config_matrix
 from .kernels import TileConfig
 from .select_cache import DiskCache as _DiskCache
 from .select_cache import (
@@ -172,8 +174,15 @@ class _State:
         self.model = _load_model(info, model_path)
         self.memory: dict[tuple, TileConfig | None] = {}
         self.valid: dict[str, list[TileConfig | None]] = {}
+        self.valid_matrix: dict[str, tuple[list, np.ndarray]] = {}  # (self.valid[dtype], its config_matrix)
+        # The dispatch policy (dispatch.py): the model's calibrated confidence and host cost, the GPU check's
+        # measured host cost for this device when there is one.
+        self.policy = policy_for(self.model.meta if self.model else None, info.name)
         self._valid_sets: dict[str, frozenset] = {}
-        self.disk = _DiskCache(info, cache_token(self.model.meta if self.model else None, ANALYTIC_PARAMS))
+        # Keyed by the whole model description and the policy: a new host-cost measurement or an edited
+        # model.json never reuses selections made under other terms.
+        token = cache_token(self.model.meta if self.model else None, ANALYTIC_PARAMS, self.policy.as_dict())
+        self.disk = _DiskCache(info, token)
         self.memory.update(self.disk.load(self._usable))
 
     def _usable(self, key: tuple, cfg: TileConfig | None) -> None:
@@ -371,14 +380,27 @@ def _valid_candidates(st: _State, dtype: str) -> list[TileConfig | None]:
         if not cached:
             raise ValueError(f"none of the model's {len(cands)} candidates runs on {st.info.name} for {dtype}")
         st.valid[dtype] = cached
+        st.valid_matrix[dtype] = (cached, config_matrix(cached))
     return cached
 
 
 def rank(st: _State, key: tuple) -> list[tuple[TileConfig | None, dict[str, float]]]:
     """All valid candidates for `key`, best first for its objective, each with its predicted targets."""
+    return rank_with_decision(st, key)[0]
+
+
+def rank_with_decision(st: _State, key: tuple) -> tuple[list[tuple[TileConfig | None, dict]], Decision | None]:
+    """rank() and, for the time objective, the dispatch decision that put the first candidate first.
+
+    Time: dispatch.decide (the one policy eval measures) picks the first; the rest follow by predicted time plus
+    host cost. Each candidate's dict has its predicted targets, `time_sd_log` (the spread of its log time over
+    the rank forest's trees) and `host_ms`. Other objectives order by their own rule (_order)."""
     m, n, k, batch, dtype, a_t, b_t, tf32, obj_s = key
     obj = parse_objective(obj_s)
     cands = _valid_candidates(st, dtype)
+    entry = st.valid_matrix.get(dtype)
+    matrix = entry[1] if entry is not None and entry[0] is cands else config_matrix(cands)
+    dev = None
     if st.model is None:
         t = analytic_time_ms(m * batch, n, k, dtype, cands, st.info)
         preds = {"time_ms": t}
@@ -391,12 +413,29 @@ def rank(st: _State, key: tuple) -> list[tuple[TileConfig | None, dict[str, floa
                 "`gpperf-torch tune` (NVML) and `gpperf-torch train`, or use objective='time'"
             )
         # Batched GEMMs are scored as one GEMM of batch*M rows (same tiles and waves; see DESIGN's key).
-        preds = st.model.predict(m * batch, n, k, dtype, a_t, b_t, tf32=tf32, cfgs=cands, device=st.info)
-    order = _order(obj, preds, st.info)
+        preds, dev = st.model.predict_trees(m * batch, n, k, dtype, a_t, b_t, tf32=tf32, cfgs=matrix, device=st.info)
+    is_torch = np.array([c is None for c in cands])
+    host = np.where(is_torch, st.policy.host_ms.get("torch", 0.0), st.policy.host_ms.get("triton", 0.0))
+    decision = None
+    if obj.name == "time":
+        t = preds["time_ms"]  # predict_trees has already lifted the shape to the model's time floor
+        work = padded_work(m * batch, n, k, matrix)
+        decision = decide(t, is_torch, st.policy, log_dev=dev, work=work)
+        # The choice first; when that is torch.matmul, the Triton pick it was weighed against next.
+        head = [decision.index]
+        if decision.triton_index is not None and decision.triton_index != decision.index:
+            head.append(decision.triton_index)
+        rest = np.argsort(t + host, kind="stable")
+        order = np.concatenate([head, rest[~np.isin(rest, head)]]).astype(np.int64)
+    else:
+        order = _order(obj, preds, st.info)
+    sd = dev.std(axis=1) if dev is not None else np.zeros(len(cands))
     rows = []
     for i in order:
-        rows.append((cands[i], {t: float(v[i]) for t, v in preds.items()}))
-    return rows
+        row = {t: float(v[i]) for t, v in preds.items()}
+        row.update(time_sd_log=float(sd[i]), host_ms=float(host[i]))
+        rows.append((cands[i], row))
+    return rows, decision
 
 
 def _order(obj: Objective, preds: dict[str, np.ndarray], info: DeviceInfo) -> np.ndarray:
@@ -511,19 +550,28 @@ def explain(
         st = _state(torch.device(device) if device is not None else _default_device())
     tf32 = dtype_s == "float32" and bool(torch.backends.cuda.matmul.allow_tf32)
     key = (m, n, k, batch, dtype_s, bool(a_trans), bool(b_trans), tf32, str(obj))
+    rows, decision = rank_with_decision(st, key)
     out = []
-    for i, (cfg, pred) in enumerate(rank(st, key)):
-        out.append(
-            {
-                "rank": i + 1,
-                "backend": TORCH if cfg is None else "triton",
-                "config": TORCH if cfg is None else cfg.key,
-                **pred,
-                "model": str(st.model.path) if st.model else "analytic",
-                "objective": str(obj),
-                "device": st.info.name,
-            }
-        )
+    for i, (cfg, pred) in enumerate(rows):
+        row = {
+            "rank": i + 1,
+            "backend": TORCH if cfg is None else "triton",
+            "config": TORCH if cfg is None else cfg.key,
+            **pred,
+            "model": str(st.model.path) if st.model else "analytic",
+            "objective": str(obj),
+            "device": st.info.name,
+        }
+        if i == 0:
+            row["why"] = decision.reason if decision is not None else f"best predicted {obj}"
+            if decision is not None and decision.torch_index is not None and decision.triton_index is not None:
+                row.update(
+                    triton_pick=rows[0 if decision.index == decision.triton_index else 1][0].key,
+                    predicted_gain_vs_torch=math.exp(decision.gain),
+                    gain_sd_log=decision.gain_sd,
+                )
+            row["policy"] = {**st.policy.as_dict(), "host_source": st.policy.host_source}
+        out.append(row)
     return out
 
 
@@ -601,10 +649,20 @@ def _cli_select(args) -> int:
         f"{args.m}x{args.n}x{args.k} {dtype} a_trans={int(args.a_trans)} b_trans={int(args.b_trans)} "
         f"objective={first['objective']} on {first['device']} (model: {first['model']})"
     )
-    head = f"{'rank':>4}  {'config':<26}" + "".join(f"{t:>12}" for t in targets)
+    head = f"{'rank':>4}  {'config':<26}" + "".join(f"{t:>12}" for t in targets) + f"{'+-(1 sd)':>10}{'host_ms':>9}"
     print(head)
     print("-" * len(head))
     for r in shown:
-        print(f"{r['rank']:>4}  {r['config']:<26}" + "".join(f"{r[t]:>12.5g}" for t in targets))
+        spread = f"{math.expm1(r['time_sd_log']):>9.1%}"
+        print(
+            f"{r['rank']:>4}  {r['config']:<26}"
+            + "".join(f"{r[t]:>12.5g}" for t in targets)
+            + f" {spread}{r['host_ms']:>9.4f}"
+        )
     print(f"({len(rows)} candidates; best first)")
+    print(f"why: {first['why']}")
+    if "triton_pick" in first:
+        print(f"Triton pick weighed against torch.matmul: {first['triton_pick']}")
+    pol = first["policy"]
+    print(f"policy: z={pol['z']:g}, host cost per call (ms) {pol['host_ms']} from {pol['host_source']}")
     return 0

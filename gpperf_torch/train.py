@@ -20,11 +20,19 @@ from . import dataset
 from .argtypes import check_output_dir, int_at_least, open_fraction, positive_int
 from .dataset import Table
 from .device import short_name_of
+from .dispatch import NO_HOST_COST, Policy
 from .errors import UserError
 from .evaluation import (  # noqa: F401  (re-exported)
     ENERGY_TARGETS,
+    MAX_SEVERE_SHARE,
+    MAX_SLOWER_SHARE,
     MIN_ENERGY_CONFIGS,
+    MIN_SPEEDUP,
+    SLOWER_THRESHOLD,
+    calibrate_sources,
+    calibrate_z,
     combine_splits,
+    dispatch_samples,
     energy_rows,
     evaluate,
     rank_static_configs,
@@ -65,7 +73,9 @@ SUMMARY_KEYS = (
     "mape_time", "median_ape_time", "r2_log_power", "mape_power", "r2_log_energy", "mape_energy",
     "median_ape_energy", "n_shapes_energy", "energy_geomean_regret", "energy_p90_regret",
     "energy_regret_of_time_pick", "baseline_best_static_regret",
-    "baseline_median_config_regret", "speedup_vs_extern_geomean", "speedup_vs_extern_oracle_geomean",
+    "baseline_median_config_regret", "speedup_vs_extern_geomean", "speedup_vs_extern_p10",
+    "speedup_vs_extern_min", "share_slower_than_extern_3pct", "share_dispatched_to_extern",
+    "speedup_vs_extern_oracle_geomean", "dispatch_z",
     "selection_latency_ms_30",
 )  # fmt: skip
 
@@ -86,32 +96,84 @@ def format_metrics(metrics: dict) -> str:
 # happens to hold out (public H100 data, 68 held-out groups), so a single split's number misleads.
 
 REPEAT_KEYS = ("geomean_regret", "p90_regret", "max_regret", "within_5pct", "top1_agreement", "r2_log_time",
-               "mape_time", "baseline_best_static_regret", "speedup_vs_extern_geomean")  # fmt: skip
+               "mape_time", "baseline_best_static_regret", "speedup_vs_extern_geomean", "speedup_vs_extern_p10",
+               "speedup_vs_extern_min", "share_slower_than_extern_3pct",
+               "share_dispatched_to_extern")  # fmt: skip
+
+
+def _split_within(table: Table, rows: np.ndarray | None, test_frac: float, seed: int, target_gpu: str | None):
+    """split_for_target restricted to `rows` (None: all rows): (train, test) masks over the whole table."""
+    if rows is None:
+        return split_for_target(table, test_frac=test_frac, seed=seed, target_gpu=target_gpu)
+    idx = np.flatnonzero(rows)
+    tr, te = split_for_target(table.subset(rows), test_frac=test_frac, seed=seed, target_gpu=target_gpu)
+    train, test = np.zeros(len(table), dtype=bool), np.zeros(len(table), dtype=bool)
+    train[idx[tr]], test[idx[te]] = True, True
+    return train, test
 
 
 def held_out_metrics(
-    table: Table, *, test_frac: float = 0.3, seeds=(0,), target_gpu: str | None = None, **fit_kw
-) -> tuple[dict, dict, Fitted]:
-    """Fit on the train side of each seed's grouped split and evaluate on its held-out groups.
+    table: Table, *, test_frac: float = 0.3, seeds=(0,), target_gpu: str | None = None,
+    rows: np.ndarray | None = None, sources: np.ndarray | None = None, **fit_kw,
+) -> tuple[dict, dict, Fitted]:  # fmt: skip
+    """Fit on the train side of each seed's grouped split (of `rows`, default all) and evaluate on its held-out
+    groups, with the dispatch confidence z calibrated on held-out groups (evaluation.calibrate_sources: per data
+    source, `sources` naming each row's, e.g. its file; None: one source).
 
-    Returns the metrics combined over the seeds (combine_splits; with one seed, that split's), a per-split
-    summary {"seeds": [...], key: {mean, min, max, per_seed}} for REPEAT_KEYS, and the first seed's model.
+    Each split is evaluated at the z calibrated on the other splits' held-out groups (with one split: its own,
+    which flatters it); the z for a model fitted on all of `rows` is calibrated on every split's held-out groups
+    and returned in the summary ("dispatch"), with the calibration tables. Returns the metrics combined over the
+    seeds (combine_splits), a per-split summary {"seeds": [...], key: {mean, min, max, per_seed}} for
+    REPEAT_KEYS, and the first seed's model (its `dispatch` set to its leave-one-out z).
     """
-    runs, first_model = [], None
+    src = np.zeros(len(table), dtype=np.int64) if sources is None else np.asarray(sources)
+    names = [str(x) for x in np.unique(src)]
+    fitted = []
     for s in seeds:
-        train_rows, test_rows = split_for_target(table, test_frac=test_frac, seed=s, target_gpu=target_gpu)
+        train_rows, test_rows = _split_within(table, rows, test_frac, s, target_gpu)
         model = fit(table, rows=train_rows, seed=s, target_gpu=target_gpu, **fit_kw)
-        first_model = model if first_model is None else first_model
-        metrics = evaluate(model, table.subset(test_rows))
+        samples = {}
+        for name in names:
+            sel = test_rows & (src.astype(str) == name)
+            if sel.any():
+                samples[name] = dispatch_samples(model, table.subset(sel))
+        fitted.append((model, table.subset(test_rows), samples))
+
+    def calibrate(parts):
+        return calibrate_sources({n: [p[n] for p in parts if n in p] for n in names})
+
+    pooled = calibrate([f[2] for f in fitted])
+    runs = []
+    for i, (model, test, _) in enumerate(fitted):
+        others = [f[2] for j, f in enumerate(fitted) if j != i]
+        z = calibrate(others)["z"] if others else pooled["z"]
+        model.dispatch = Policy(z=z).as_dict()
+        metrics = evaluate(model, test, policy=Policy(z=z, host_ms=dict(NO_HOST_COST)))
         metrics.pop("selection_latency_ms_30", None)
+        metrics["dispatch_z"] = z
         runs.append(metrics)
     summary: dict = {"seeds": list(seeds)}
-    for key in REPEAT_KEYS:
+    for key in (*REPEAT_KEYS, "dispatch_z"):
         vals = [r[key] for r in runs if key in r]
         if len(vals) == len(runs):
             summary[key] = {"mean": float(np.mean(vals)), "min": float(np.min(vals)), "max": float(np.max(vals)),
                             "per_seed": [float(v) for v in vals]}  # fmt: skip
-    return combine_splits(runs), summary, first_model
+    summary["dispatch"] = {**Policy(z=pooled["z"]).as_dict(), "calibration": pooled}
+    return combine_splits(runs), summary, fitted[0][0]
+
+
+def file_sources(paths: list[str], table: Table, include_interpreted: bool = False) -> np.ndarray | None:
+    """(n_rows,) each row's data file name (load_table keeps the files' order), or None for one file."""
+    if len(paths) < 2:
+        return None
+    out, start = np.empty(len(table), dtype=object), 0
+    for p in paths:
+        n = len(dataset.load_table(p, include_interpreted=include_interpreted))
+        out[start : start + n] = Path(p).name
+        start += n
+    if start != len(table):
+        raise RuntimeError(f"file_sources: {start} rows in the files, {len(table)} in the table")
+    return out.astype(str)
 
 
 def train_and_export(
@@ -139,9 +201,24 @@ def train_and_export(
                     gpus, target_gpu)  # fmt: skip
     seeds = tuple(range(seed, seed + splits))
     metrics, per_split, split_model = held_out_metrics(
-        table, test_frac=test_frac, seeds=seeds, target_gpu=target_gpu, **params
-    )
+        table, test_frac=test_frac, seeds=seeds, target_gpu=target_gpu,
+        sources=file_sources(paths, table, include_interpreted), **params,
+    )  # fmt: skip
     model = fit(table, seed=seed, target_gpu=target_gpu, **params) if use_all else split_model
+    calibration = per_split.pop("dispatch")
+    model.dispatch = {k: calibration[k] for k in ("z", "margin", "tie_rel", "host_ms")}
+    model.dispatch["calibrated_on"] = (
+        f"held-out groups of {splits} grouped split(s){' of the ' + target_gpu + ' groups' if target_gpu else ''}:"
+        f" the z of the highest geomean speedup over cuBLAS with at most {MAX_SLOWER_SHARE:.0%} of shapes below"
+        f" {SLOWER_THRESHOLD}x and at most {MAX_SEVERE_SHARE:.2%} below {MIN_SPEEDUP}x (evaluation.calibrate_z)"
+    )
+    cal = calibration["calibration"]
+    model.dispatch["calibrated_on"] += (
+        f"; a z per data file, the largest and at least {cal['z_min']} (evaluation.calibrate_sources)"
+    )
+    model.dispatch["calibration"] = {
+        name: {"z": c["z"], "n_shapes": c["n_shapes"], "table": c["table"]} for name, c in cal["per_source"].items()
+    }
     target_note = f"; target GPU {target_gpu}, all rows of other GPUs train" if target_gpu else ""
     of_target = f" of the {target_gpu} groups" if target_gpu else ""
     meta = {
@@ -214,7 +291,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     predictor = load_cli_model(args.model)
     table = dataset.load_table(args.data, include_interpreted=args.include_interpreted)
-    metrics = evaluate(predictor, table)
+    metrics = evaluate(predictor, table, host_cost=args.host_cost)
     if args.json:
         json.dump(metrics, sys.stdout, default=_json_default)
         sys.stdout.write("\n")
@@ -255,6 +332,11 @@ def add_cli(subparsers) -> None:
     e.add_argument("--model", required=True, help="model directory, <name>.onnx, or a shipped model (h100, a100)")
     e.add_argument("--data", nargs="+", required=True, help="CSV files (auto-detected format)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument(
+        "--host-cost", action="store_true",
+        help="dispatch as in eager mode, with the per-call host cost of each backend added to predicted times"
+        " (default: none, as the data are kernel times); speedups are still measured kernel times",
+    )  # fmt: skip
     e.add_argument("--include-interpreted", action="store_true", help="keep interpreter rows (tests only)")
     e.set_defaults(func=_cmd_eval)
 

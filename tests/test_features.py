@@ -125,3 +125,19 @@ def test_mma_kind(dtype, a_trans, b_trans, tf32, cfg, device, kind):
     row = dict(gpu=dev.name, m=512, n=512, k=512, dtype=dtype, a_trans=a_trans, b_trans=b_trans, tf32=tf32,
                backend="triton", config=cfg.key, status="ok", time_ms=1.0, **fields)  # fmt: skip
     assert table_features(dataset.from_rows([row]))[0, feature_index("mma_kind")] == kind
+
+
+def test_leading_dimension_alignment():
+    """a_ld_align / b_ld_align: log2 of the leading dimension's alignment in bytes, capped at 16 B."""
+    from gpperf_torch.device import known_device
+    from gpperf_torch.features import config_matrix, feature_index, shape_features
+
+    dev = known_device("h100")
+    cfg = config_matrix([None])
+    ia, ib = feature_index("a_ld_align"), feature_index("b_ld_align")
+    x = shape_features(50265, 512, 8192, "float16", 1, 0, 0, cfg, dev)[0]  # A transposed: ld = M, odd
+    assert x[ia] == 1.0 and x[ib] == 4.0  # 2 B (one fp16 element), 512 x 2 B >= 16 B
+    x = shape_features(64, 36, 4, "float32", 0, 1, 0, cfg, dev)[0]  # A: ld = K = 4 -> 16 B; B^T: ld = K
+    assert x[ia] == 4.0 and x[ib] == 4.0
+    x = shape_features(64, 6, 3, "float16", 0, 0, 0, cfg, dev)[0]  # A: K=3 -> 2 B; B: N=6 -> 4 B
+    assert x[ia] == 1.0 and x[ib] == 2.0

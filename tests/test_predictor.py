@@ -142,3 +142,34 @@ def test_tiny_shapes_are_lifted_to_the_time_floor_keeping_the_ranking(tmp_path):
     assert list(lifted["time_ms"].argsort()) == list(raw[:, 0].argsort())
     ratio = lifted["energy_j"] / raw[:, 2]
     assert ratio == pytest.approx(ratio[0])  # energies scaled alike: the energy ranking is unchanged
+
+
+def test_per_tree_output_matches_the_forest(tmp_path):
+    """The graph's second output is every tree of the rank forest: dispatch reads its spread at run time."""
+    t = synthetic_table(n_shapes=20)
+    model = train.fit(t, seed=0, **SMALL)
+    train.export(model, tmp_path / "m", {"provenance": "test"})
+    p = Predictor.load(tmp_path / "m")
+    from gpperf_torch.features import table_features
+
+    X = table_features(t)
+    pred, dev = p.predict_with_spread(X)
+    ref_pred, ref_dev = model.predict_with_spread(X)
+    assert dev.shape == (len(X), model.rel.n_estimators)
+    np.testing.assert_allclose(np.log(pred), np.log(ref_pred), atol=1e-4)
+    np.testing.assert_allclose(dev, ref_dev, atol=1e-4)
+    np.testing.assert_allclose(dev.mean(axis=1), 0.0, atol=1e-5)
+    out, dev1 = p.predict_trees(1024, 1024, 1024, "float16", 0, 1)
+    assert dev1.shape == (len(p.candidates), model.rel.n_estimators) and set(out) == set(p.targets)
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["dispatch"]["z"] >= 0
+
+
+def test_old_model_format_is_refused_with_the_fix(model_dir, tmp_path):
+    meta = json.loads((model_dir / "model.json").read_text())
+    (tmp_path / "old.onnx").write_bytes((model_dir / "model.onnx").read_bytes())
+    (tmp_path / "old.json").write_text(json.dumps({**meta, "format_version": 1}))
+    with pytest.raises(ValueError, match="format v1.*retrain it with `gpperf-torch train`"):
+        Predictor.load(tmp_path / "old")
+    (tmp_path / "old.json").write_text(json.dumps({**meta, "feature_schema_version": 2}))
+    with pytest.raises(ValueError, match="feature schema v2.*retrain"):
+        Predictor.load(tmp_path / "old")

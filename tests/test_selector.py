@@ -35,8 +35,10 @@ def model_dirs(tmp_path_factory):
 
 
 @pytest.fixture
-def fresh(fresh_selector):
-    """(tests/conftest.py's fresh_selector under a short name)"""
+def fresh(fresh_selector, monkeypatch):
+    """tests/conftest.py's fresh_selector, without the eager per-call host cost: the synthetic kernels take a few
+    microseconds, where a Triton launch's host cost would send every shape to torch.matmul (tested apart)."""
+    monkeypatch.setenv("GPPERF_HOST_COST", "0")
 
 
 def _key(m=1024, n=1024, k=1024, obj="time"):
@@ -222,3 +224,26 @@ def test_verify_mode_benchmarks_top_k_and_records(fresh, model_dirs, monkeypatch
     assert len(rows) == 2 and set(rows["m"].tolist()) == {20}
     with pytest.raises(ValueError, match="unknown mode"), gp.mode("fastest"):
         pass
+
+
+def test_host_cost_sends_microsecond_gemms_to_torch(fresh_selector, model_dirs, monkeypatch):
+    """In eager mode a Triton launch costs more host time than cuBLAS: for the synthetic model's ~4 us kernels
+    (FAST predicted ~10% faster than torch) that decides; at milliseconds it does not."""
+    st = _st(model_dirs["time"])
+    assert st.policy.host_ms["triton"] > st.policy.host_ms["torch"] > 0
+    assert selector.rank(st, _key(1024, 768, 512))[0][0] is None
+    assert selector.rank(st, _key(4096, 4096, 4096))[0][0] == FAST
+    monkeypatch.setenv("GPPERF_HOST_COST", "0")
+    st = _st(model_dirs["time"])
+    assert selector.rank(st, _key(1024, 768, 512))[0][0] == FAST
+
+
+def test_explain_shows_spread_host_cost_and_why(fresh, model_dirs):
+    selector.set_model(str(model_dirs["time"]), "cpu")
+    rows = gp.explain(1024, 1024, 1024, b_trans=True, device="cpu")
+    first = rows[0]
+    assert first["config"] == FAST.key and "Triton: predicted" in first["why"]
+    assert first["triton_pick"] == FAST.key and first["predicted_gain_vs_torch"] > 1.0
+    assert first["policy"]["host_source"] == "none" and first["policy"]["z"] >= 0
+    for r in rows:
+        assert r["time_sd_log"] >= 0 and r["host_ms"] == 0.0 and r["time_ms"] > 0

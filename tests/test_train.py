@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpperf_torch import dataset, train
+from gpperf_torch import dataset, evaluation, train
 from gpperf_torch.cli import main as cli_main
 from gpperf_torch.features import table_features
 from gpperf_torch.kernels.configs import TileConfig
@@ -196,7 +196,7 @@ def test_cli_report(tmp_path):
     assert cli_main(["train", "--data", str(csv_path), "--out", str(out), "--n-estimators", "4", "--all"]) == 0
     assert cli_main(["report", "--model", str(out), "--data", str(csv_path), "--out", str(tmp_path / "r")]) == 0
     assert {p.name for p in (tmp_path / "r").glob("*.png")} == {
-        "predicted_vs_measured.png", "regret_cdf.png", "regret_by_size.png"}  # fmt: skip
+        "predicted_vs_measured.png", "regret_cdf.png", "regret_by_size.png", "speedup_vs_cublas_cdf.png"}  # fmt: skip
     from gpperf_torch.predictor import Predictor
     from gpperf_torch.report import pareto_plot
 
@@ -445,3 +445,59 @@ def test_combine_splits():
         {"log2_mnk": [36, 42], "n": 3, "geomean_regret": 1.5},
     ]
     assert train.combine_splits([a]) == {**a, "n_splits": 1}
+
+
+# ---- dispatch metrics and calibration ---------------------------------------------------------------------
+def test_eval_reports_the_dispatch_keys_through_the_policy():
+    from gpperf_torch.dispatch import NO_HOST_COST, Policy
+
+    t = synthetic_table(n_shapes=80)
+    tr, te = train.grouped_split(t, seed=0)
+    model = train.fit(t, rows=tr, seed=0, **SMALL)
+    m = train.evaluate(model, t.subset(te))
+    for key in ("speedup_vs_extern_geomean", "speedup_vs_extern_p10", "speedup_vs_extern_min",
+                "share_slower_than_extern_3pct", "share_dispatched_to_extern"):  # fmt: skip
+        assert key in m, key
+    assert m["speedup_vs_extern_min"] <= m["speedup_vs_extern_p10"] <= m["speedup_vs_extern_geomean"] * 1.2
+    assert m["dispatch_policy"]["host_ms"] == NO_HOST_COST  # kernel times: no host cost unless asked
+    # everything to cuBLAS: speedup exactly 1, every shape dispatched to extern
+    never = train.evaluate(model, t.subset(te), policy=Policy(z=0.0, margin=10.0, host_ms=dict(NO_HOST_COST)))
+    assert never["speedup_vs_extern_geomean"] == 1.0 and never["share_dispatched_to_extern"] == 1.0
+    assert never["speedup_vs_extern_min"] == 1.0 and never["share_slower_than_extern_3pct"] == 0.0
+    # the eager policy adds each backend's host cost: the synthetic ~us kernels then go to cuBLAS more often
+    eager = train.evaluate(model, t.subset(te), host_cost=True)
+    assert eager["share_dispatched_to_extern"] >= m["share_dispatched_to_extern"]
+
+
+def test_calibrate_z_takes_the_best_safe_confidence():
+    # columns: predicted log gain, its spread, measured speedup of the pick, of the best config
+    good = np.tile([[0.2, 0.05, 1.2, 1.2]], (95, 1))  # confident and right
+    wrong = np.tile([[0.1, 0.2, 0.5, 0.5]], (5, 1))  # unsure and wrong: z >= 0.5 keeps them on cuBLAS
+    c = evaluation.calibrate_z(np.vstack([good, wrong]))
+    assert c["z"] == 0.5 and len(c["table"]) == len(evaluation.Z_GRID)
+    assert c["table"][0]["share_slower_than_extern_3pct"] == pytest.approx(0.05)
+    s = evaluation.calibrate_sources({"a.csv": [np.vstack([good, wrong])], "b.csv": [good], "tiny.csv": [wrong]})
+    assert s["z"] == max(0.5, evaluation.Z_MIN) and set(s["per_source"]) == {"a.csv", "b.csv"}  # tiny: too few
+
+
+def test_held_out_metrics_calibrate_dispatch_and_combine_min():
+    t = synthetic_table(n_shapes=40)
+    metrics, summary, model = train.held_out_metrics(t, seeds=(0, 1), **SMALL)
+    cal = summary["dispatch"]
+    assert cal["z"] >= evaluation.Z_MIN and "per_source" in cal["calibration"]
+    assert len(summary["dispatch_z"]["per_seed"]) == 2 and model.dispatch["z"] >= evaluation.Z_MIN
+    per_seed_min = summary["speedup_vs_extern_min"]["per_seed"]
+    assert metrics["speedup_vs_extern_min"] == pytest.approx(min(per_seed_min))  # the worst split, not a mean
+    c = train.combine_splits([{"speedup_vs_extern_min": 0.9}, {"speedup_vs_extern_min": 0.7}])
+    assert c["speedup_vs_extern_min"] == 0.7
+
+
+def test_file_sources(tmp_path):
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    write_tuning_csv(a, synthetic_rows(n_shapes=2))
+    write_tuning_csv(b, synthetic_rows(n_shapes=3))
+    t = dataset.load_table([a, b])
+    src = train.file_sources([str(a), str(b)], t)
+    n_a, n_b = len(dataset.load_table(a)), len(dataset.load_table(b))
+    assert n_a < n_b and src.tolist() == ["a.csv"] * n_a + ["b.csv"] * n_b
+    assert train.file_sources([str(a)], dataset.load_table(a)) is None

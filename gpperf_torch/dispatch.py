@@ -1,0 +1,241 @@
+"""The dispatch policy: which candidate runs a GEMM, a Triton config or torch.matmul (cuBLAS).
+
+One function, `decide`, used by the op (selector.rank / choose), `explain`, `gpperf-torch select`,
+`gpperf-torch eval` and the report alike, so that what eval measures is what users get. It sees, per candidate,
+the predicted kernel time, the per-tree spread of the model's rank forest (its uncertainty, in log units), and a
+per-backend host cost per call (eager mode: a Triton launch from Python costs more than a cuBLAS call).
+
+The rule:
+1. the Triton pick: the fastest predicted Triton config; configs predicted within `tie_rel` of it count as
+   tied (below the model's resolution, e.g. tiny shapes at the time floor) and the tie goes to the config with
+   the least padded work (the tile that fits the problem), not to whichever the candidate list names first;
+2. Triton over cuBLAS only when confident: with per-tree predicted gains
+   g_t = log(t_torch,t + host_torch) - log(t_pick,t + host_triton), the pick runs when
+   mean(g) - z * sd(g) > margin; otherwise torch.matmul. z is calibrated on grouped held-out data at training
+   time and stored in the model's JSON (`dispatch`); see docs/selection.md.
+
+No scikit-learn, no torch: numpy only (the op imports this module).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+# Per-call host cost in eager mode, milliseconds, used when neither the model nor a GPU-check measurement gives
+# one. Published figures for Triton 3.5-3.7 (the issue's): a launch through `kernel[grid]` with ~20 arguments
+# costs about 13-27 us of Python and driver time, `torch.matmul` about 8 us. These are host (CPU) costs: they
+# matter when the host, not the GPU, is the bottleneck, which is the case for GEMMs of a few microseconds.
+DEFAULT_HOST_MS = {"triton": 0.020, "torch": 0.008}
+DEFAULT_Z = 1.0  # used by models without a calibrated `dispatch` section (and the analytic rule: no spread)
+DEFAULT_MARGIN = 0.0
+DEFAULT_TIE_REL = 0.01  # about twice the public data's measurement noise (median 0.5%)
+HOST_COST_FILE = "host_cost-{slug}.json"  # in selector.cache_dir(): written by benchmarks/gpu_check.py
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The dispatch parameters: confidence z, log margin, tie tolerance and per-backend host cost (ms)."""
+
+    z: float = DEFAULT_Z
+    margin: float = DEFAULT_MARGIN
+    tie_rel: float = DEFAULT_TIE_REL
+    host_ms: dict = field(default_factory=lambda: dict(DEFAULT_HOST_MS))
+    host_source: str = "default"  # "default" | "model" | the path of a GPU-check measurement | "none"
+
+    @classmethod
+    def from_meta(cls, meta: dict | None) -> Policy:
+        """The policy a model's JSON records (`dispatch`: z, margin, tie_rel, host_ms), defaults for the rest."""
+        d = dict((meta or {}).get("dispatch") or {})
+        host = d.get("host_ms")
+        return cls(
+            z=float(d.get("z", DEFAULT_Z)),
+            margin=float(d.get("margin", DEFAULT_MARGIN)),
+            tie_rel=float(d.get("tie_rel", DEFAULT_TIE_REL)),
+            host_ms={**DEFAULT_HOST_MS, **{k: float(v) for k, v in host.items()}} if host else dict(DEFAULT_HOST_MS),
+            host_source="model" if host else "default",
+        )
+
+    def with_host(self, host_ms: dict | None, source: str) -> Policy:
+        return self if not host_ms else replace(self, host_ms={**self.host_ms, **host_ms}, host_source=source)
+
+    def as_dict(self) -> dict:
+        return {"z": self.z, "margin": self.margin, "tie_rel": self.tie_rel, "host_ms": dict(self.host_ms)}
+
+
+NO_HOST_COST = {"triton": 0.0, "torch": 0.0}
+
+
+@dataclass
+class Decision:
+    """What `decide` chose, and why (for explain)."""
+
+    index: int  # the chosen candidate
+    triton_index: int | None  # the Triton pick (None: no Triton candidate)
+    torch_index: int | None
+    gain: float = math.nan  # predicted log gain of the Triton pick over torch, host costs included (mean of trees)
+    gain_sd: float = math.nan  # its spread over the trees
+    tied: int = 1  # Triton configs tied with the fastest (the tie went to the least padded work)
+    reason: str = ""
+
+    @property
+    def to_extern(self) -> bool:
+        return self.index == self.torch_index
+
+
+def padded_work(m: int, n: int, k: int, cfg: np.ndarray) -> np.ndarray:
+    """(n_cfg,) multiply-adds each config computes, padding included (a config matrix, features.config_matrix;
+    torch rows, all zeros, get inf): the tie-break among configs the model cannot tell apart."""
+    cfg = np.asarray(cfg, dtype=np.float64)
+    bm, bn, bk, sk = np.maximum(cfg[:, 0], 1), np.maximum(cfg[:, 1], 1), np.maximum(cfg[:, 2], 1), cfg[:, 4]
+    kk = np.maximum(bk * np.maximum(sk, 1), 1)
+    work = np.ceil(m / bm) * bm * np.ceil(n / bn) * bn * np.ceil(k / kk) * kk
+    return np.where(cfg[:, 0] == 0, np.inf, work)
+
+
+def decide(
+    time_ms: np.ndarray,
+    is_torch: np.ndarray,
+    policy: Policy,
+    *,
+    log_dev: np.ndarray | None = None,
+    work: np.ndarray | None = None,
+) -> Decision:
+    """Choose among candidates of one GEMM.
+
+    time_ms: (n,) predicted kernel times (inf: unusable); is_torch: (n,) bool; log_dev: (n, T) per-tree log
+    deviations from time_ms of the rank forest (None: no spread, e.g. the analytic rule); work: (n,) padded work
+    for the tie-break (None: no tie-break).
+    """
+    t = np.asarray(time_ms, dtype=np.float64)
+    is_torch = np.asarray(is_torch, dtype=bool)
+    tri = np.flatnonzero(~is_torch & np.isfinite(t))
+    torch_idx = np.flatnonzero(is_torch & np.isfinite(t))
+    torch_i = int(torch_idx[0]) if len(torch_idx) else None
+    if not len(tri):
+        if torch_i is None:
+            raise ValueError("dispatch: no candidate has a finite predicted time")
+        return Decision(torch_i, None, torch_i, reason="no Triton candidate")
+    best = float(t[tri].min())
+    tied = tri[t[tri] <= best * (1.0 + policy.tie_rel)]
+    if work is not None and len(tied) > 1:
+        w = np.asarray(work, dtype=np.float64)[tied]
+        least = tied[w == w.min()]
+        pick = int(least[np.argmin(t[least])])
+    else:
+        pick = int(tri[np.argmin(t[tri])])
+    if torch_i is None:
+        return Decision(pick, pick, None, tied=len(tied), reason="no torch.matmul candidate")
+    h_tri, h_torch = policy.host_ms.get("triton", 0.0), policy.host_ms.get("torch", 0.0)
+    if log_dev is not None:
+        dev = np.asarray(log_dev, dtype=np.float64)
+        g = np.log(t[torch_i] * np.exp(dev[torch_i]) + h_torch) - np.log(t[pick] * np.exp(dev[pick]) + h_tri)
+        gain, sd = float(g.mean()), float(g.std())
+    else:
+        gain, sd = math.log((t[torch_i] + h_torch) / (t[pick] + h_tri)), 0.0
+    bound = gain - policy.z * sd
+    if bound > policy.margin:
+        idx = pick
+        reason = (
+            f"Triton: predicted {math.exp(gain):.3f}x faster than torch.matmul (host cost included),"
+            f" confident: mean - {policy.z:g} sd = {math.exp(bound):.3f}x > {math.exp(policy.margin):.3f}x"
+        )
+    else:
+        idx = torch_i
+        why = "predicted slower" if gain <= policy.margin else "gain not confident"
+        reason = (
+            f"torch.matmul: Triton {why} ({math.exp(gain):.3f}x predicted, host cost included;"
+            f" mean - {policy.z:g} sd = {math.exp(bound):.3f}x <= {math.exp(policy.margin):.3f}x)"
+        )
+    if len(tied) > 1:
+        reason += f"; {len(tied)} Triton configs tied within {policy.tie_rel:.0%}: least padded work won"
+    return Decision(idx, pick, torch_i, gain=gain, gain_sd=sd, tied=len(tied), reason=reason)
+
+
+def floor_scale(time_ms: np.ndarray, floor_ms: float | None) -> float:
+    """The factor that lifts one shape's predicted times so that the fastest is at the model's time floor (the
+    fastest training row; 1.0 when above it). Below the training sizes the shape-level forest extrapolates to
+    nanoseconds; one factor for the whole shape keeps every ratio between its candidates. It matters here
+    because host costs add to absolute times."""
+    t = np.asarray(time_ms, dtype=np.float64)
+    t = t[np.isfinite(t)]
+    lowest = float(t.min()) if len(t) else 0.0
+    return floor_ms / lowest if floor_ms and 0.0 < lowest < floor_ms else 1.0
+
+
+# ---- host cost measured on this machine ------------------------------------------------------------------
+def _slug(device_name: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in device_name)
+
+
+def host_cost_path(device_name: str, cache: Path | None = None) -> Path:
+    """Where the GPU check stores the measured per-call host cost of `device_name` (a small JSON)."""
+    if cache is None:
+        from .selector import cache_dir
+
+        cache = cache_dir()
+    return Path(cache) / HOST_COST_FILE.format(slug=_slug(device_name))
+
+
+def write_host_cost(device_name: str, host_ms: dict, *, source: str = "", cache: Path | None = None) -> Path:
+    """Record a measured host cost ({"triton": ms, "torch": ms}) for `device_name` (atomic write)."""
+    for k in ("triton", "torch"):
+        v = host_ms.get(k)
+        if not isinstance(v, (int, float)) or not (0.0 <= v < 10.0):
+            raise ValueError(f"host cost {k!r} must be milliseconds in [0, 10), got {v!r}")
+    path = host_cost_path(device_name, cache)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    doc = {"device": device_name, "host_ms": {k: float(host_ms[k]) for k in ("triton", "torch")}, "source": source}
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_host_cost(device_name: str, cache: Path | None = None) -> tuple[dict | None, str]:
+    """(host_ms, path) measured for `device_name`, or (None, "") when there is none or it is unreadable."""
+    path = host_cost_path(device_name, cache)
+    if not path.is_file():
+        return None, ""
+    try:
+        doc = json.loads(path.read_text())
+        host = {k: float(doc["host_ms"][k]) for k in ("triton", "torch")}
+        if not all(0.0 <= v < 10.0 for v in host.values()):
+            raise ValueError(f"out of range: {host}")
+        return host, str(path)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        logger.warning("gpperf: ignoring unreadable host-cost file %s (%s)", path, e)
+        return None, ""
+
+
+def policy_for(meta: dict | None, device_name: str | None = None) -> Policy:
+    """The policy of a model on a device: the model's, with the GPU check's measured host cost when one exists.
+    GPPERF_HOST_COST=0 sets the host cost to zero (e.g. under CUDA graphs, where launches are replayed)."""
+    policy = Policy.from_meta(meta)
+    if os.environ.get("GPPERF_HOST_COST", "1") == "0":
+        return replace(policy, host_ms=dict(NO_HOST_COST), host_source="none")
+    if device_name:
+        host, path = read_host_cost(device_name)
+        policy = policy.with_host(host, path)
+    return policy
+
+
+__all__ = [
+    "DEFAULT_HOST_MS",
+    "Decision",
+    "Policy",
+    "decide",
+    "host_cost_path",
+    "padded_work",
+    "policy_for",
+    "read_host_cost",
+    "write_host_cost",
+]

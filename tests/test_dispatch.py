@@ -1,0 +1,97 @@
+"""dispatch.py: the one policy (Triton config vs cuBLAS), its confidence rule, ties, host cost and its storage."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from gpperf_torch import dispatch
+from gpperf_torch.dispatch import NO_HOST_COST, Policy, decide, padded_work
+from gpperf_torch.features import config_matrix
+from gpperf_torch.kernels import TileConfig
+
+KERNEL = Policy(z=1.0, host_ms=dict(NO_HOST_COST))
+
+
+def _dev(n: int, sd: float, seed: int = 0) -> np.ndarray:
+    d = np.random.default_rng(seed).normal(0.0, sd, size=(n, 32))
+    return d - d.mean(axis=1, keepdims=True)
+
+
+def test_confident_gain_goes_to_triton_uncertain_to_torch():
+    t = np.array([1.0, 1.3])  # Triton 1.3x faster than torch (predicted)
+    is_torch = np.array([False, True])
+    sure = decide(t, is_torch, KERNEL, log_dev=_dev(2, 0.01))
+    assert sure.index == 0 and not sure.to_extern and sure.gain == pytest.approx(math.log(1.3), abs=0.02)
+    unsure = decide(t, is_torch, KERNEL, log_dev=_dev(2, 0.5))
+    assert unsure.to_extern and unsure.triton_index == 0 and "not confident" in unsure.reason
+    # z = 0 is the point estimate: the same spread no longer vetoes
+    assert not decide(t, is_torch, Policy(z=0.0, host_ms=dict(NO_HOST_COST)), log_dev=_dev(2, 0.5)).to_extern
+    # predicted slower: torch whatever the spread
+    slower = decide(np.array([1.3, 1.0]), is_torch, KERNEL, log_dev=_dev(2, 0.01))
+    assert slower.to_extern and "predicted slower" in slower.reason
+
+
+def test_host_cost_sends_microsecond_gemms_to_torch():
+    t = np.array([0.004, 0.006])  # 4 us Triton, 6 us cuBLAS: a kernel-time win ...
+    is_torch = np.array([False, True])
+    assert not decide(t, is_torch, KERNEL).to_extern
+    eager = Policy(z=1.0, host_ms={"triton": 0.020, "torch": 0.008})
+    d = decide(t, is_torch, eager)  # ... lost to the launch: 24 us against 14 us per call
+    assert d.to_extern and d.gain == pytest.approx(math.log(0.014 / 0.024))
+    big = decide(t * 1000, is_torch, eager)  # milliseconds: the host cost no longer matters
+    assert not big.to_extern
+
+
+def test_ties_go_to_the_least_padded_work():
+    cfgs = [TileConfig(128, 128, 64, 8, 1, 4, 3), TileConfig(16, 64, 64, 8, 1, 4, 3), None]
+    work = padded_work(1, 256, 128, config_matrix(cfgs))
+    assert work[1] < work[0] and math.isinf(work[2])
+    t = np.array([0.0059, 0.00592, 0.02])  # within the tie tolerance: the forest cannot tell them apart
+    d = decide(t, np.array([False, False, True]), KERNEL, work=work)
+    assert d.index == 1 and d.tied == 2 and "least padded work" in d.reason
+    # outside the tolerance the faster config wins even with more padding
+    d = decide(np.array([0.0050, 0.0059, 0.02]), np.array([False, False, True]), KERNEL, work=work)
+    assert d.index == 0 and d.tied == 1
+
+
+def test_no_candidates_and_no_torch():
+    with pytest.raises(ValueError, match="no candidate"):
+        decide(np.array([np.inf]), np.array([False]), KERNEL)
+    assert decide(np.array([1.0]), np.array([True]), KERNEL).to_extern
+    d = decide(np.array([2.0, 1.0]), np.array([False, False]), KERNEL)
+    assert d.index == 1 and d.torch_index is None
+
+
+def test_policy_from_model_meta_and_defaults():
+    p = Policy.from_meta({"dispatch": {"z": 0.75, "host_ms": {"triton": 0.015}}})
+    assert p.z == 0.75 and p.host_ms == {"triton": 0.015, "torch": dispatch.DEFAULT_HOST_MS["torch"]}
+    assert p.host_source == "model"
+    d = Policy.from_meta(None)
+    assert d.z == dispatch.DEFAULT_Z and d.host_ms == dispatch.DEFAULT_HOST_MS and d.host_source == "default"
+
+
+def test_measured_host_cost_replaces_the_constant(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPPERF_CACHE_DIR", str(tmp_path))
+    meta = {"dispatch": {"z": 1.0, "host_ms": {"triton": 0.020, "torch": 0.008}}}
+    assert dispatch.policy_for(meta, "NVIDIA H100 80GB HBM3").host_source == "model"
+    path = dispatch.write_host_cost("NVIDIA H100 80GB HBM3", {"triton": 0.011, "torch": 0.007}, source="test")
+    assert path.parent == tmp_path and json.loads(path.read_text())["host_ms"]["triton"] == 0.011
+    p = dispatch.policy_for(meta, "NVIDIA H100 80GB HBM3")
+    assert p.host_ms == {"triton": 0.011, "torch": 0.007} and p.host_source == str(path)
+    monkeypatch.setenv("GPPERF_HOST_COST", "0")
+    assert dispatch.policy_for(meta, "NVIDIA H100 80GB HBM3").host_ms == NO_HOST_COST
+    monkeypatch.delenv("GPPERF_HOST_COST")
+    path.write_text("{not json")
+    assert dispatch.policy_for(meta, "NVIDIA H100 80GB HBM3").host_source == "model"  # corrupt: warned, ignored
+    with pytest.raises(ValueError, match="milliseconds"):
+        dispatch.write_host_cost("x", {"triton": -1.0, "torch": 0.008})
+
+
+def test_floor_scale():
+    assert dispatch.floor_scale(np.array([0.001, 0.002]), 0.004) == pytest.approx(4.0)
+    assert dispatch.floor_scale(np.array([0.01, np.inf]), 0.004) == 1.0
+    assert dispatch.floor_scale(np.array([0.001]), None) == 1.0
