@@ -12,7 +12,7 @@ import pytest
 from gpperf_torch import model_meta, selector
 from gpperf_torch.errors import ModelError
 from gpperf_torch.features import FEATURE_NAMES
-from gpperf_torch.predictor import Predictor, model_paths, shipped_model
+from gpperf_torch.predictor import MODEL_FORMAT_VERSION, Predictor, model_paths, shipped_model
 
 SHIPPED = shipped_model("h100")
 META = json.loads(model_paths(SHIPPED)[1].read_text())
@@ -44,9 +44,9 @@ CASES = [
     ("format", MISSING, "format"),
     ("format", "other", "format"),
     ("format", 1, "format"),
-    ("format_version", 2, "format_version"),
-    ("format_version", "1", "format_version"),
-    ("format_version", 1.0, "format_version"),
+    ("format_version", MODEL_FORMAT_VERSION + 1, "format_version"),
+    ("format_version", str(MODEL_FORMAT_VERSION), "format_version"),
+    ("format_version", float(MODEL_FORMAT_VERSION), "format_version"),
     ("format_version", True, "format_version"),
     ("feature_schema_version", "2", "feature_schema_version"),
     ("feature_schema_version", None, "feature_schema_version"),
