@@ -1,4 +1,4 @@
-"""`gpperf-torch` command line: tune | train | eval | report | select.
+"""`gpperf-torch` command line: tune | train | eval | report | select | inspect.
 
 Each subcommand lives beside the code it drives: a module in SUBCOMMAND_MODULES exposes
 ``add_cli(subparsers)``, which adds its parser(s) and sets ``func(args) -> int``.
@@ -16,6 +16,7 @@ SUBCOMMAND_MODULES = (
     "gpperf_torch.train",  # train, eval
     "gpperf_torch.report",  # report
     "gpperf_torch.selector",  # select
+    "gpperf_torch.kernel_inspect",  # inspect
 )
 
 

@@ -26,6 +26,7 @@ from . import kernels
 from .device import KNOWN_DEVICES, DeviceInfo, device_for
 from .errors import ModelError
 from .kernels import TileConfig
+from .kernels import facts as kernels_facts
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ class _State:
         self.info = info
         self.model = _load_model(info, model_path)
         self.memory: dict[tuple, TileConfig | None] = {}
-        self.valid: dict[str, list[TileConfig | None]] = {}
+        self.valid: dict[tuple, list[TileConfig | None]] = {}
         self.disk = _DiskCache(info, self.model.model_hash if self.model else "analytic")
         for k, v in self.disk.load().items():
             self.memory[k] = None if v == TORCH else TileConfig.from_key(v)
@@ -311,17 +312,32 @@ def choose(a: torch.Tensor, b: torch.Tensor, forced: TileConfig | None, objectiv
 
 
 # ---- first sight -------------------------------------------------------------------------------------
-def _valid_candidates(st: _State, dtype: str) -> list[TileConfig | None]:
-    """The model's candidates (None: torch.matmul) that run on this device for `dtype` (cached per state)."""
-    cached = st.valid.get(dtype)
+def _valid_candidates(st: _State, dtype: str, launch: tuple | None = None) -> list[TileConfig | None]:
+    """The model's candidates (None: torch.matmul) that run on this device for `dtype` (cached per state).
+
+    With `launch` = (m, n, k, a_trans, b_trans, tf32), validity uses the compiler's facts for the binary that
+    shape runs (kernels.facts: no spills, shared memory within the device), cached per compile class.
+    """
+    ckey = (dtype,) if launch is None else kernels_facts.class_key(dtype, *launch)
+    cached = st.valid.get(ckey)
     if cached is None:
-        es = kernels.elem_size(dtype)
         cands = st.model.candidates if st.model else kernels.candidate_space()
         smem = st.info.max_shared_memory
-        cached = [c for c in cands if c is None or kernels.is_valid(c, elem_size=es, max_shared_memory=smem)]
+        if launch is None:
+            es = kernels.elem_size(dtype)
+            cached = [c for c in cands if c is None or kernels.is_valid(c, elem_size=es, max_shared_memory=smem)]
+        else:
+            kw = dict(zip(("m", "n", "k", "a_trans", "b_trans", "tf32"), launch, strict=True))
+            cap = st.info.capability
+            cached = [
+                c
+                for c in cands
+                if c is None
+                or kernels_facts.check(c, capability=cap, dtype=dtype, max_shared_memory=smem, **kw) is None
+            ]
         if not cached:
             raise ValueError(f"none of the model's {len(cands)} candidates runs on {st.info.name} for {dtype}")
-        st.valid[dtype] = cached
+        st.valid[ckey] = cached
     return cached
 
 
@@ -329,7 +345,7 @@ def rank(st: _State, key: tuple) -> list[tuple[TileConfig | None, dict[str, floa
     """All valid candidates for `key`, best first for its objective, each with its predicted targets."""
     m, n, k, batch, dtype, a_t, b_t, tf32, obj_s = key
     obj = parse_objective(obj_s)
-    cands = _valid_candidates(st, dtype)
+    cands = _valid_candidates(st, dtype, (m, n, k, a_t, b_t, tf32))
     if st.model is None:
         t = analytic_time_ms(m * batch, n, k, dtype, cands, st.info)
         preds = {"time_ms": t}

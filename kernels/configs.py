@@ -90,8 +90,15 @@ def _pow2(x: int) -> bool:
     return x > 0 and (x & (x - 1)) == 0
 
 
-def check_config(cfg: TileConfig, *, elem_size: int, max_shared_memory: int | None = None) -> str | None:
-    """Return None when `cfg` can run on a device with `max_shared_memory` bytes per block, else the reason."""
+def check_config(
+    cfg: TileConfig, *, elem_size: int, max_shared_memory: int | None = None, facts: dict | None = None
+) -> str | None:
+    """Return None when `cfg` can run on a device with `max_shared_memory` bytes per block, else the reason.
+
+    `facts` (a kernel facts table entry, ``kernels.facts.lookup``) replaces the estimates with what the
+    compiler produced for the binary that will run: its shared memory, and any spill (a spilling config is
+    never chosen: local-memory traffic costs more than a smaller tile gains).
+    """
     for name in ("block_m", "block_n", "block_k"):
         v = getattr(cfg, name)
         if not _pow2(v) or not MIN_BLOCK <= v <= MAX_BLOCK:
@@ -109,15 +116,23 @@ def check_config(cfg: TileConfig, *, elem_size: int, max_shared_memory: int | No
             f"accumulator needs {cfg.acc_regs_per_thread():.0f} registers per thread "
             f"(> {MAX_ACC_REGS_PER_THREAD}): use more warps or a smaller tile"
         )
+    if facts is not None and facts["spill_bytes"] > 0:
+        return (
+            f"spills {facts['spill_bytes']} B per thread to local memory ({facts['registers']} registers; "
+            "compiler facts): use more warps or a smaller tile"
+        )
     if max_shared_memory is not None:
-        need = cfg.smem_bytes(elem_size)
+        need = facts["shared_bytes"] if facts is not None else cfg.smem_bytes(elem_size)
         if need > max_shared_memory:
-            return f"needs {need} B of shared memory per block, the device has {max_shared_memory} B"
+            src = "compiler facts" if facts is not None else "estimate"
+            return f"needs {need} B of shared memory per block ({src}), the device has {max_shared_memory} B"
     return None
 
 
-def is_valid(cfg: TileConfig, *, elem_size: int, max_shared_memory: int | None = None) -> bool:
-    return check_config(cfg, elem_size=elem_size, max_shared_memory=max_shared_memory) is None
+def is_valid(
+    cfg: TileConfig, *, elem_size: int, max_shared_memory: int | None = None, facts: dict | None = None
+) -> bool:
+    return check_config(cfg, elem_size=elem_size, max_shared_memory=max_shared_memory, facts=facts) is None
 
 
 # ---- the candidate space ---------------------------------------------------------------------------

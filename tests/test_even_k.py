@@ -64,4 +64,3 @@ def test_even_k_transposed_and_batched(device):
     out = launch(a, b, cfg=TileConfig(16, 16, BK, split_k=2, num_warps=1, num_stages=2), allow_tf32=False)
     for i in range(2):
         assert_close_to_reference(out[i], a[i], b[i])
-
