@@ -208,9 +208,10 @@ def check(
 
     # The declared config, not the split-capped one: validity is cached per class, and for the K where the
     # split is capped (K < split_k * BLOCK_K) the capped binary has a smaller workspace, not more resources.
+    arch = capability[0] * 10 + capability[1]
     f = lookup(
         cfg,
-        arch=capability[0] * 10 + capability[1],
+        arch=arch,
         dtype=dtype,
         tf32=tf32,
         a_trans=a_trans,
@@ -219,4 +220,12 @@ def check(
         n=n,
         k=max(k, cfg.split_k * cfg.block_k),
     )
-    return check_config(cfg, elem_size=elem_size(dtype), max_shared_memory=max_shared_memory, facts=f)
+    tensor_cores = dtype_class(dtype, tf32) != "f32"
+    return check_config(
+        cfg,
+        elem_size=elem_size(dtype),
+        max_shared_memory=max_shared_memory,
+        facts=f,
+        arch=arch,
+        tensor_cores=tensor_cores,
+    )
