@@ -260,3 +260,30 @@ def test_inspect_sass_compiles_fresh(capsys):
     assert main(["inspect", "64x64x32_g8_s1_w4_st3", "--gpu", "h100", "--n", "4095", "--sass"]) == 0
     out = capsys.readouterr().out
     assert "compiled (triton" in out and "HGMMA" in out and "EXIT" in out
+
+
+@pytest.mark.cuda
+def test_table_matches_the_device_compiler(shipped):
+    """On a GPU: the JIT's own compile of a few table entries reports the table's registers and shared memory."""
+    from gpperf_torch.kernels.crosscompile import _jit_function
+
+    cap = torch.cuda.get_device_capability()
+    arch = cap[0] * 10 + cap[1]
+    keys = [k for k in (f"sm{arch}/f16/nt/even", f"sm{arch}/f16/nn/even") if k in shipped.entries]
+    if not keys:
+        pytest.skip(f"the table has no sm_{arch} entries")
+    fn = _jit_function()
+    checked = 0
+    for key in keys:
+        for cfg_key in sorted(shipped.entries[key])[:: max(1, len(shipped.entries[key]) // 4)][:4]:
+            cfg = TileConfig.from_key(cfg_key)
+            want = shipped.get(cfg, key)
+            if want["shared_bytes"] > torch.cuda.get_device_properties(0).shared_memory_per_block_optin:
+                continue
+            args, kwargs = launch_args(cfg, job_class(cfg, key))
+            args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
+            kernel = fn.warmup(*args, grid=(1,), **kwargs)
+            kernel._init_handles()
+            assert (kernel.n_regs, kernel.metadata.shared) == (want["registers"], want["shared_bytes"]), cfg_key
+            checked += 1
+    assert checked
