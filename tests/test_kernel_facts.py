@@ -100,6 +100,7 @@ def test_cross_compile_arguments_specialize_like_launch(m, n, k, a_t, b_t, split
     fn = _jit_function()  # the real kernel, before the recorder stands in for it
     rec = _Recorder()
     monkeypatch.setattr(matmul_mod, "_matmul_kernel", rec)
+    monkeypatch.setattr(matmul_mod, "_splitk_reduce_kernel", _Recorder())  # nothing to reduce: not run
     a = randn(k, m, dtype=torch.float16, device="cpu").t() if a_t else randn(m, k, dtype=torch.float16, device="cpu")
     b = randn(n, k, dtype=torch.float16, device="cpu").t() if b_t else randn(k, n, dtype=torch.float16, device="cpu")
     cfg = TileConfig(16, 32, 32, split_k=split, num_warps=4, num_stages=3)
