@@ -165,9 +165,27 @@ def _splitk_reduce_kernel(
 
 
 @functools.lru_cache(maxsize=8192)
-def _config_reason(cfg: TileConfig, dtype: torch.dtype, max_shared_memory: int | None) -> str | None:
-    # launch() runs on every GEMM: validate each (config, dtype, device limit) once.
-    return check_config(cfg, elem_size=elem_size(dtype), max_shared_memory=max_shared_memory)
+def _config_reason(
+    cfg: TileConfig,
+    dtype: torch.dtype,
+    max_shared_memory: int | None,
+    arch: int | None = None,
+    tensor_cores: bool = True,
+) -> str | None:
+    # launch() runs on every GEMM: validate each (config, dtype, device limit) once. With the GPU's arch the
+    # shared-memory estimate is the one measured against the compiler (kernels/facts.py), which agrees with the
+    # facts the selector filters by: without it, launch would refuse configs the selector rightly picked.
+    return check_config(
+        cfg, elem_size=elem_size(dtype), max_shared_memory=max_shared_memory, arch=arch, tensor_cores=tensor_cores
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _arch(device: torch.device) -> int | None:
+    if device.type != "cuda":
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    return major * 10 + minor
 
 
 def _span(t: torch.Tensor) -> int:
@@ -226,7 +244,11 @@ def launch(
             f"got {tuple(bias.shape)} {bias.dtype} on {bias.device}"
         )
     cfg = cfg or DEFAULT_CONFIG
-    reason = _config_reason(cfg, a.dtype, max_shared_memory)
+    if max_shared_memory is None:
+        reason = _config_reason(cfg, a.dtype, None)
+    else:  # IEEE fp32 (no TF32) compiles to FMA code, which keeps one pipeline stage fewer in shared memory
+        tc = a.dtype != torch.float32 or bool(tf32_allowed() if allow_tf32 is None else allow_tf32)
+        reason = _config_reason(cfg, a.dtype, max_shared_memory, _arch(a.device), tc)
     if reason is not None:
         raise ValueError(f"TileConfig {cfg.key} cannot run for {a.dtype} on {a.device}: {reason}")
     M, K = a.shape[-2:]
