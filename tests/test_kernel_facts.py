@@ -288,3 +288,15 @@ def test_table_matches_the_device_compiler(shipped):
             assert (kernel.n_regs, kernel.metadata.shared) == (want["registers"], want["shared_bytes"]), cfg_key
             checked += 1
     assert checked
+
+
+def test_launch_check_uses_the_measured_estimate_on_a_gpu():
+    # What the selector may pick from facts, launch must accept: on an A100 a 4-stage 128x256x64 fp16 tile keeps
+    # 3 stages (144 KiB) in shared memory; IEEE fp32 on an H100 is FMA code with num_stages - 1 stages too.
+    reason = matmul_mod._config_reason
+    big = TileConfig(128, 256, 64, num_warps=8, num_stages=4)
+    assert reason(big, torch.float16, LIMIT[80]) is not None  # no arch (CPU): the all-stages bound
+    assert reason(big, torch.float16, LIMIT[80], 80) is None
+    fp32 = TileConfig(128, 128, 64, num_warps=8, num_stages=4)
+    assert reason(fp32, torch.float32, LIMIT[90], 90, True) is not None  # TF32: wgmma keeps all 4 stages
+    assert reason(fp32, torch.float32, LIMIT[90], 90, False) is None
