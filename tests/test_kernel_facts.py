@@ -183,7 +183,7 @@ def test_validity_from_facts_rejects_spills_and_shared_overflow(monkeypatch, fre
 
 def _estimate_agreement(shipped):
     """Per entry of the table: does the estimate give the same shared bytes, and the same fits/doesn't fit?"""
-    same_bytes = same_fit = n = 0
+    same_bytes = same_fit = under = n = 0
     worst = []
     for key, rows in shipped.entries.items():
         arch, dt = int(key.split("/")[0][2:]), key.split("/")[1]
@@ -195,13 +195,15 @@ def _estimate_agreement(shipped):
             n += 1
             same_bytes += est == f["shared_bytes"]
             same_fit += (est <= LIMIT[arch]) == (f["shared_bytes"] <= LIMIT[arch])
+            under += est < f["shared_bytes"]
             worst.append((abs(est - f["shared_bytes"]) / max(f["shared_bytes"], 1), key, cfg_key))
-    return n, same_bytes, same_fit, sorted(worst)[-5:]
+    return n, same_bytes, same_fit, under, sorted(worst)[-5:]
 
 
 def test_estimate_agrees_with_the_table(shipped):
-    n, same_bytes, same_fit, worst = _estimate_agreement(shipped)
+    n, same_bytes, same_fit, under, worst = _estimate_agreement(shipped)
     assert same_fit == n, f"estimate and compiler disagree on fitting for {n - same_fit} of {n}; worst {worst}"
+    assert under == 0, f"the estimate is below the compiler's shared memory for {under} of {n}; worst {worst}"
     assert same_bytes >= 0.95 * n, f"estimate exact on {same_bytes} of {n} entries; worst {worst}"
 
 
