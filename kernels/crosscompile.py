@@ -94,8 +94,6 @@ def launch_args(cfg: TileConfig, cls: CompileClass) -> tuple[list, dict]:
     """
     import torch
 
-    from .matmul import _TL_DTYPE  # noqa: F401  (import check: the kernel module must load)
-
     m, n, k, split = _sizes(cls, cfg)
     tdt = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(cls.dtype, torch.float32)
     ptr = torch.empty(64, dtype=tdt)  # 16-byte aligned CPU storage: stands in for any aligned pointer

@@ -180,10 +180,15 @@ def _config_reason(
     )
 
 
+# The interpreter (a CPU tensor) stands in for an H100: gpperf_torch.device.device_for describes a CPU as one, so
+# the selector's validity and this check agree there too.
+_INTERPRETER_ARCH = 90
+
+
 @functools.lru_cache(maxsize=64)
-def _arch(device: torch.device) -> int | None:
+def _arch(device: torch.device) -> int:
     if device.type != "cuda":
-        return None
+        return _INTERPRETER_ARCH
     major, minor = torch.cuda.get_device_capability(device)
     return major * 10 + minor
 
