@@ -43,7 +43,7 @@ def first_sight(st, n_candidates: int, repeats: int, rng) -> tuple[float, float]
     pool = [c for c in model_cands if c is not None] + [c for c in space if c not in model_cands]
     cands = (pool * (n_candidates // max(1, len(pool)) + 1))[:n_candidates]
     orig = selector._valid_candidates
-    selector._valid_candidates = lambda _st, _dtype: cands
+    selector._valid_candidates = lambda _st, _dtype, *_launch: cands
     try:
         times = []
         for _ in range(repeats):

@@ -1,4 +1,4 @@
-"""`gpperf-torch` command line: tune | train | eval | report | select (and whatever else registers).
+"""`gpperf-torch` command line: tune | train | eval | report | select | inspect (and whatever else registers).
 
 Each subcommand lives beside the code it drives: a module in SUBCOMMAND_MODULES exposes
 ``add_cli(subparsers)``, which adds its parser(s) and sets ``func(args) -> int``.
@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES = (
     "gpperf_torch.train",  # train, eval
     "gpperf_torch.report",  # report
     "gpperf_torch.selector",  # select
+    "gpperf_torch.kernel_inspect",  # inspect
 )
 
 EXIT_USER_ERROR = 2

@@ -27,6 +27,7 @@ from .dispatch import Decision, decide, padded_work, policy_for
 from .errors import ModelError
 from .features import config_matrix
 from .kernels import TileConfig
+from .kernels import facts as kernels_facts
 from .select_cache import DiskCache as _DiskCache
 from .select_cache import (
     cache_dir,  # noqa: F401 (verify and users import it from here)
@@ -173,12 +174,13 @@ class _State:
         self.info = info
         self.model = _load_model(info, model_path)
         self.memory: dict[tuple, TileConfig | None] = {}
-        self.valid: dict[str, list[TileConfig | None]] = {}
-        self.valid_matrix: dict[str, tuple[list, np.ndarray]] = {}  # (self.valid[dtype], its config_matrix)
+        # Keyed by compile class (kernels.facts.class_key), or (dtype,) without a shape.
+        self.valid: dict[tuple, list[TileConfig | None]] = {}
+        self.valid_matrix: dict[tuple, tuple[list, np.ndarray]] = {}  # (self.valid[key], its config_matrix)
         # The dispatch policy (dispatch.py): the model's calibrated confidence and host cost, the GPU check's
         # measured host cost for this device when there is one.
         self.policy = policy_for(self.model.meta if self.model else None, info.name)
-        self._valid_sets: dict[str, frozenset] = {}
+        self._valid_sets: dict[tuple, frozenset] = {}
         # Keyed by the whole model description and the policy: a new host-cost measurement or an edited
         # model.json never reuses selections made under other terms.
         token = cache_token(self.model.meta if self.model else None, ANALYTIC_PARAMS, self.policy.as_dict())
@@ -188,9 +190,12 @@ class _State:
     def _usable(self, key: tuple, cfg: TileConfig | None) -> None:
         """ValueError when a cached selection cannot be used here (see select_cache.DiskCache.load)."""
         parse_objective(key[-1])
-        valid = self._valid_sets.get(key[4])
+        m, n, k, _, dtype, a_t, b_t, tf32 = key[:8]
+        launch = (m, n, k, a_t, b_t, tf32)
+        ckey = kernels_facts.class_key(dtype, *launch)
+        valid = self._valid_sets.get(ckey)
         if valid is None:
-            valid = self._valid_sets[key[4]] = frozenset(_valid_candidates(self, key[4]))
+            valid = self._valid_sets[ckey] = frozenset(_valid_candidates(self, dtype, launch))
         if cfg not in valid:
             raise ValueError(f"{cfg or TORCH} is not a candidate of this model valid on {self.info.name} for {key[4]}")
 
@@ -369,18 +374,33 @@ def cached_choice(a: torch.Tensor, b: torch.Tensor, objective: str | None) -> Ti
 
 
 # ---- first sight -------------------------------------------------------------------------------------
-def _valid_candidates(st: _State, dtype: str) -> list[TileConfig | None]:
-    """The model's candidates (None: torch.matmul) that run on this device for `dtype` (cached per state)."""
-    cached = st.valid.get(dtype)
+def _valid_candidates(st: _State, dtype: str, launch: tuple | None = None) -> list[TileConfig | None]:
+    """The model's candidates (None: torch.matmul) that run on this device for `dtype` (cached per state).
+
+    With `launch` = (m, n, k, a_trans, b_trans, tf32), validity uses the compiler's facts for the binary that
+    shape runs (kernels.facts: no spills, shared memory within the device), cached per compile class.
+    """
+    ckey = (dtype,) if launch is None else kernels_facts.class_key(dtype, *launch)
+    cached = st.valid.get(ckey)
     if cached is None:
-        es = kernels.elem_size(dtype)
         cands = st.model.candidates if st.model else kernels.candidate_space()
         smem = st.info.max_shared_memory
-        cached = [c for c in cands if c is None or kernels.is_valid(c, elem_size=es, max_shared_memory=smem)]
+        if launch is None:
+            es = kernels.elem_size(dtype)
+            cached = [c for c in cands if c is None or kernels.is_valid(c, elem_size=es, max_shared_memory=smem)]
+        else:
+            kw = dict(zip(("m", "n", "k", "a_trans", "b_trans", "tf32"), launch, strict=True))
+            cap = st.info.capability
+            cached = [
+                c
+                for c in cands
+                if c is None
+                or kernels_facts.check(c, capability=cap, dtype=dtype, max_shared_memory=smem, **kw) is None
+            ]
         if not cached:
             raise ValueError(f"none of the model's {len(cands)} candidates runs on {st.info.name} for {dtype}")
-        st.valid[dtype] = cached
-        st.valid_matrix[dtype] = (cached, config_matrix(cached))
+        st.valid[ckey] = cached
+        st.valid_matrix[ckey] = (cached, config_matrix(cached))
     return cached
 
 
@@ -397,8 +417,9 @@ def rank_with_decision(st: _State, key: tuple) -> tuple[list[tuple[TileConfig | 
     the rank forest's trees) and `host_ms`. Other objectives order by their own rule (_order)."""
     m, n, k, batch, dtype, a_t, b_t, tf32, obj_s = key
     obj = parse_objective(obj_s)
-    cands = _valid_candidates(st, dtype)
-    entry = st.valid_matrix.get(dtype)
+    launch = (m, n, k, a_t, b_t, tf32)
+    cands = _valid_candidates(st, dtype, launch)
+    entry = st.valid_matrix.get(kernels_facts.class_key(dtype, *launch))
     matrix = entry[1] if entry is not None and entry[0] is cands else config_matrix(cands)
     dev = None
     if st.model is None:

@@ -68,6 +68,7 @@ def _matmul_kernel(
     UPCAST: tl.constexpr,
     INDEX_64: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    EVEN_K: tl.constexpr,
 ):
     pid = tl.program_id(axis=0)
     pid_k = tl.program_id(axis=1)
@@ -106,9 +107,15 @@ def _matmul_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     k_end = tl.minimum(k_start + k_per_split, K)
     for k in range(0, tl.cdiv(k_end - k_start, BLOCK_K)):
-        k_mask = offs_k < k_end - k * BLOCK_K
-        a = tl.load(a_ptrs, mask=k_mask[None, :], other=0.0)
-        b = tl.load(b_ptrs, mask=k_mask[:, None], other=0.0)
+        if EVEN_K:
+            # K % BLOCK_K == 0: every slice starts and ends on a BLOCK_K boundary (k_per_split is a multiple of
+            # BLOCK_K), so each step is a full tile and the loads need no mask (fewer registers and instructions).
+            a = tl.load(a_ptrs)
+            b = tl.load(b_ptrs)
+        else:
+            k_mask = offs_k < k_end - k * BLOCK_K
+            a = tl.load(a_ptrs, mask=k_mask[None, :], other=0.0)
+            b = tl.load(b_ptrs, mask=k_mask[:, None], other=0.0)
         if UPCAST:
             # Interpreter only: its bf16 dot is wrong upstream, so multiply the same values in fp32.
             acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
@@ -169,12 +176,34 @@ class NotCompiledError(RuntimeError):
 
 
 @functools.lru_cache(maxsize=8192)
-def _plan(cfg: TileConfig, dtype: torch.dtype, max_shared_memory: int | None, tf32: bool) -> tuple:
-    """(input precision, interpreter bf16 upcast, why the config cannot run or None), once per combination."""
+def _plan(cfg: TileConfig, dtype: torch.dtype, max_shared_memory: int | None, tf32: bool, arch: int | None) -> tuple:
+    """(input precision, interpreter bf16 upcast, why the config cannot run or None), once per combination.
+
+    With the GPU's arch the shared-memory estimate is the one measured against the compiler (kernels/facts.py),
+    which agrees with the facts the selector filters by: without it, launch would refuse configs the selector
+    rightly picked. IEEE fp32 (no TF32) compiles to FMA code, which keeps one pipeline stage fewer in shared
+    memory."""
     # ("tf32" for 16-bit inputs too: tl.dot ignores it there; one compiled variant)
     precision = ("tf32" if tf32 else "ieee") if dtype == torch.float32 else "tf32"
     upcast = _INTERPRETING and dtype == torch.bfloat16
-    return precision, upcast, check_config(cfg, elem_size=elem_size(dtype), max_shared_memory=max_shared_memory)
+    tensor_cores = dtype != torch.float32 or tf32
+    reason = check_config(
+        cfg, elem_size=elem_size(dtype), max_shared_memory=max_shared_memory, arch=arch, tensor_cores=tensor_cores
+    )
+    return precision, upcast, reason
+
+
+# The interpreter (a CPU tensor) stands in for an H100: gpperf_torch.device.device_for describes a CPU as one, so
+# the selector's validity and this check agree there too.
+_INTERPRETER_ARCH = 90
+
+
+@functools.lru_cache(maxsize=64)
+def _arch(device: torch.device) -> int:
+    if device.type != "cuda":
+        return _INTERPRETER_ARCH
+    major, minor = torch.cuda.get_device_capability(device)
+    return major * 10 + minor
 
 
 def check_inputs(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> None:
@@ -236,7 +265,8 @@ def launch(
     cfg = cfg or DEFAULT_CONFIG
     dtype = a.dtype
     tf32 = dtype is torch.float32 and bool(tf32_allowed() if allow_tf32 is None else allow_tf32)
-    precision, upcast, reason = _plan(cfg, dtype, max_shared_memory, tf32)
+    arch = None if max_shared_memory is None else _arch(a.device)
+    precision, upcast, reason = _plan(cfg, dtype, max_shared_memory, tf32, arch)
     if reason is not None:
         raise ValueError(f"TileConfig {cfg.key} cannot run for {dtype} on {a.device}: {reason}")
     batched = a.dim() == 3
@@ -306,6 +336,7 @@ def launch(
         UPCAST=upcast,
         INDEX_64=index_64,
         HAS_BIAS=bias is not None,
+        EVEN_K=K % cfg.block_k == 0,  # exact with split-K too: slices are whole BLOCK_K multiples
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )

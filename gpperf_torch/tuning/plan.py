@@ -177,6 +177,8 @@ def _proxy_k(k: int, cfg: Any) -> int:
     if k == 1:
         return 1
     eff = min(cfg.split_k, -(-k // cfg.block_k))  # launch() never runs empty K slices
+    if k % cfg.block_k == 0:  # the EVEN_K binary (no K masks): keep K % BLOCK_K == 0
+        return eff * cfg.block_k
     return (eff - 1) * cfg.block_k + (16 if k % 16 == 0 else 17)
 
 

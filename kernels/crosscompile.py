@@ -1,0 +1,331 @@
+"""Cross-compile the matmul kernel for a GPU target on any machine (no GPU needed) and read what the compiler says.
+
+Triton's wheel carries the NVIDIA backend with ptxas, cuobjdump and nvdisasm, so ``triton.compile`` builds
+the exact cubin a launch on an A100 (sm_80) or H100/H200 (sm_90) would run. The arguments are specialized the
+way the JIT specializes a real launch (Triton's own binder on stand-in arguments that mirror
+``kernels.matmul.launch``): pointers and integers divisible by 16 get ``tt.divisibility``, integers equal to 1
+become constants, so vector widths and the software pipeliner are those of the real binary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import io
+import logging
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+
+from .configs import TileConfig
+
+logger = logging.getLogger(__name__)
+
+# Targets by GPU family: capability (major*10+minor) Triton compiles for.
+ARCHS = {"sm80": 80, "sm86": 86, "sm89": 89, "sm90": 90}
+# Launch dtypes the kernel takes; fp32 compiles differently with and without TF32.
+DTYPES = ("float16", "bfloat16", "float32", "tf32")
+
+
+SIZE_CLASSES = ("16", "x", "1")  # divisible by 16, not, equal to 1 (Triton makes an integer 1 a constant)
+K_CLASSES = ("even", "16", "x", "1")  # even: K % BLOCK_K == 0 (the EVEN_K binary)
+
+
+@dataclass(frozen=True)
+class CompileClass:
+    """Everything besides the tile config that selects a distinct binary for one launch.
+
+    Sizes are classes of what Triton specializes integers on (divisible by 16, equal to 1); ``launch_args``
+    turns them into stand-in sizes and strides with the same specialization.
+    """
+
+    arch: int  # 80 (A100), 90 (H100, H200); 86 and 89 also compile
+    dtype: str  # float16 | bfloat16 | float32 | tf32 (float32 with TF32 allowed)
+    a_trans: bool = False  # A is a transposed view (column-major M x K)
+    b_trans: bool = False
+    m: str = "16"  # SIZE_CLASSES
+    n: str = "16"
+    k: str = "even"  # K_CLASSES
+    split: bool = False  # SPLIT_K > 1 (fp32 workspace output)
+    bias: bool = False
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS.values():
+            raise ValueError(f"arch must be one of {sorted(ARCHS.values())}, got {self.arch}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.m not in SIZE_CLASSES or self.n not in SIZE_CLASSES or self.k not in K_CLASSES:
+            raise ValueError(f"size classes must be in {SIZE_CLASSES} (m, n) and {K_CLASSES} (k), got {self}")
+        if self.split and self.k == "1":
+            raise ValueError("K = 1 cannot be split")
+
+    @classmethod
+    def of_launch(cls, arch: int, dtype: str, cfg: TileConfig, m: int, n: int, k: int, **kw) -> CompileClass:
+        """The class of a launch of `cfg` with contiguous operands of these sizes (`kw`: a_trans, b_trans...)."""
+
+        def size(v: int) -> str:
+            return "1" if v == 1 else "16" if v % 16 == 0 else "x"
+
+        kc = "1" if k == 1 else "even" if k % cfg.block_k == 0 else size(k)
+        return cls(arch=arch, dtype=dtype, m=size(m), n=size(n), k=kc, **kw)
+
+
+def _sizes(cls: CompileClass, cfg: TileConfig) -> tuple[int, int, int, int]:
+    """Stand-in M, N, K and the split-K a launch of this class runs (same specialization as the class)."""
+    m, n = ({"16": 16 * 64, "x": 16 * 64 + 1, "1": 1}[c] for c in (cls.m, cls.n))
+    split = cfg.split_k if cls.split else 1
+    if cls.split and split == 1:
+        raise ValueError(f"class has split-K but {cfg.key} has split_k=1")
+    if cls.k == "16" and cfg.block_k == 16:
+        raise ValueError("with BLOCK_K=16, K % 16 == 0 is K % BLOCK_K == 0: use k='even'")
+    # Enough K for `split` non-empty slices; divisible by BLOCK_K, by 16 only, or by neither.
+    k = 1 if cls.k == "1" else cfg.block_k * max(split, 2) * 2 + {"even": 0, "16": 16, "x": 1}[cls.k]
+    return m, n, k, split
+
+
+def launch_args(cfg: TileConfig, cls: CompileClass) -> tuple[list, dict]:
+    """Positional and keyword arguments of ``_matmul_kernel`` for a 2-D launch of class `cls`.
+
+    Mirrors kernels.matmul.launch (a test checks the two agree): only their specialization matters here.
+    """
+    import torch
+
+    m, n, k, split = _sizes(cls, cfg)
+    tdt = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(cls.dtype, torch.float32)
+    ptr = torch.empty(64, dtype=tdt)  # 16-byte aligned CPU storage: stands in for any aligned pointer
+    ws = torch.empty(64, dtype=torch.float32)
+    # A (M x K) row-major: strides (K, 1); transposed view of a (K x M) tensor: (1, M). Same for B (K x N).
+    a_sm, a_sk = (1, m) if cls.a_trans else (k, 1)
+    b_sk, b_sn = (1, k) if cls.b_trans else (n, 1)
+    if split > 1:
+        c, c_strides = ws, (split * m * n, m * n, n, 1)
+    else:
+        c, c_strides = ptr, (0, 0, n, 1)
+    args = [ptr, ptr, c, ptr, m, n, k, 0, a_sm, a_sk, 0, b_sk, b_sn, *c_strides, 1 if cls.bias else 0]
+    kwargs = dict(
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k,
+        GROUP_M=cfg.group_m,
+        SPLIT_K=split,
+        INPUT_PRECISION="ieee" if cls.dtype == "float32" else "tf32",
+        UPCAST=False,
+        INDEX_64=False,
+        HAS_BIAS=cls.bias,
+        EVEN_K=k % cfg.block_k == 0,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+    return args, kwargs
+
+
+def _jit_function():
+    """The kernel as a JITFunction, also when the interpreter (TRITON_INTERPRET=1) wrapped it at import."""
+    from triton.runtime.jit import JITFunction
+
+    from .matmul import _matmul_kernel
+
+    if isinstance(_matmul_kernel, JITFunction):
+        return _matmul_kernel
+    return _jit_of(_matmul_kernel.fn)
+
+
+@functools.lru_cache(maxsize=4)
+def _jit_of(pyfn):
+    from triton.runtime.jit import JITFunction
+
+    return JITFunction(pyfn)
+
+
+@functools.lru_cache(maxsize=4)
+def _backend(arch: int):
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+
+    target = GPUTarget("cuda", arch, 32)
+    return target, make_backend(target)
+
+
+def specialization(cfg: TileConfig, cls: CompileClass):
+    """(signature, constexprs, attrs, options) exactly as Triton's JIT would build them for this launch."""
+    from triton.runtime.jit import create_function_from_signature
+
+    fn = _jit_function()
+    _, backend = _backend(cls.arch)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    args, kwargs = launch_args(cfg, cls)
+    bound, spec, opts = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, opts, bound, spec, opts)
+    return fn, signature, constexprs, attrs, options
+
+
+def tool(name: str) -> str:
+    """Path of a CUDA tool shipped in the triton wheel (ptxas, cuobjdump, nvdisasm)."""
+    import triton
+
+    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{name} not found at {path}: this triton wheel has no NVIDIA backend tools")
+    return path
+
+
+_PTXAS_LINE = re.compile(
+    r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads.*?Used (\d+) registers", re.S
+)
+_SASS_INSN = re.compile(r"^\s+/\*[0-9a-f]{4,}\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", re.M)
+
+
+_SASS_LINE = re.compile(r"^\s+/\*[0-9a-f]{4,}\*/\s+(.*?);", re.M)
+
+
+def sass(cubin: bytes) -> str:
+    """The disassembly of a cubin (cuobjdump -sass)."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run([tool("cuobjdump"), "-sass", f.name], check=True, capture_output=True, text=True).stdout
+
+
+def _mma_family(opcodes: list[str]) -> str:
+    if any(op.startswith("HGMMA") for op in opcodes):
+        return "wgmma"
+    if any(op.startswith("HMMA") for op in opcodes):
+        return "mma.sync"
+    return "fma"
+
+
+def compile_kernel(cfg: TileConfig, cls: CompileClass):
+    """Compile the kernel for (cfg, cls); returns (CompiledKernel, ptxas log). Uses a private cache dir.
+
+    The cache is bypassed so that ptxas runs and its `-v` report (spills) is seen; one compile is ~1-3 s.
+    """
+    import triton
+    from triton import knobs
+    from triton.compiler import ASTSource
+
+    fn, signature, constexprs, attrs, options = specialization(cfg, cls)
+    target, _ = _backend(cls.arch)
+    src = ASTSource(fn, signature, constexprs, attrs)
+    log = io.StringIO()
+    with (
+        tempfile.TemporaryDirectory(prefix="gpperf-xc-") as cache,
+        knobs.cache.scope(),
+        knobs.nvidia.scope(),
+        contextlib.redirect_stdout(log),
+    ):
+        knobs.cache.dir = cache
+        knobs.nvidia.dump_ptxas_log = True
+        kernel = triton.compile(src, target=target, options=options.__dict__)
+    return kernel, log.getvalue()
+
+
+def facts(cfg: TileConfig, cls: CompileClass, *, with_sass: bool = False) -> dict:
+    """What the compiler says about (cfg, cls): registers, spills, shared bytes, MMA family, SASS size."""
+    import triton
+
+    kernel, log = compile_kernel(cfg, cls)
+    m = _PTXAS_LINE.search(log)
+    if m is None:
+        raise RuntimeError(f"could not read the ptxas report for {cfg.key} {cls}: {log[-500:]!r}")
+    stack, spill_st, spill_ld, regs = (int(x) for x in m.groups())
+    text = sass(kernel.asm["cubin"])
+    ops = [g[1] for g in _SASS_INSN.findall(text) if g[1] != "NOP"]  # NOPs only pad the end of the kernel
+    out = {
+        "registers": regs,
+        "spill_bytes": spill_st,  # bytes of spill stores per thread (ptxas -v); loads reported alike
+        "spill_load_bytes": spill_ld,
+        "stack_bytes": stack,
+        "shared_bytes": int(kernel.metadata.shared),
+        "mma": _mma_family(ops),
+        "sass_instructions": len(ops),
+        "triton": triton.__version__,
+        # identical code (same opcodes and operands, addresses stripped) <=> same hash: dedupes the table
+        "sass_sha": hashlib.sha256("\n".join(i.strip() for i in _SASS_LINE.findall(text)).encode()).hexdigest()[:16],
+    }
+    if with_sass:
+        out["sass"] = text
+    return out
+
+
+def _class_dict(cls: CompileClass) -> dict:
+    return {f: getattr(cls, f) for f in CompileClass.__dataclass_fields__}
+
+
+def _worker() -> None:
+    """Subprocess main: one JSON job per stdin line ({"cfg": key, "cls": {...}, "sass": bool}), one JSON reply.
+
+    Compiles run here when the calling process imported Triton in interpreter mode (TRITON_INTERPRET=1), in
+    which Triton's own language helpers cannot be compiled.
+    """
+    import json
+    import sys
+
+    for line in sys.stdin:
+        job = json.loads(line)
+        try:
+            out = facts(TileConfig.from_key(job["cfg"]), CompileClass(**job["cls"]), with_sass=job.get("sass", False))
+        except Exception as e:  # reported to the caller, which raises it with the job named
+            out = {"error": f"{type(e).__name__}: {e}"}
+        sys.stdout.write(json.dumps(out) + "\n")
+        sys.stdout.flush()
+
+
+def facts_many(jobs: list[tuple[TileConfig, CompileClass]], *, with_sass: bool = False) -> list[dict]:
+    """`facts` for each job: in this process, or in a subprocess without TRITON_INTERPRET when this process
+    imported Triton in interpreter mode (safe to call from any process)."""
+    import json
+    import sys
+
+    from .matmul import interpreting
+
+    if not interpreting():
+        return [facts(cfg, cls, with_sass=with_sass) for cfg, cls in jobs]
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    import gpperf_torch
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(gpperf_torch.__file__)))  # checkout or site-packages
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [root, env.get("PYTHONPATH", "")] if p)
+    cmd = [sys.executable, "-c", "from gpperf_torch.kernels.crosscompile import _worker; _worker()"]
+    lines = "".join(
+        json.dumps({"cfg": cfg.key, "cls": _class_dict(cls), "sass": with_sass}) + "\n" for cfg, cls in jobs
+    )
+    proc = subprocess.run(cmd, input=lines, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"cross-compile worker failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    outs = [json.loads(x) for x in proc.stdout.splitlines() if x.strip()]
+    for (cfg, cls), out in zip(jobs, outs, strict=True):
+        if "error" in out:
+            raise RuntimeError(f"cross-compiling {cfg.key} for {cls}: {out['error']}")
+    return outs
+
+
+def class_of_entry(key: str) -> CompileClass:
+    """The CompileClass a facts-table entry key (``sm90/f16/nt/even``, ``sm80/f32/nn/m16nxk16``) stands for."""
+    try:
+        arch, dt, layout, align = key.split("/")
+        if align in ("even", "a"):
+            m = n = "16"
+            k = "even" if align == "even" else "16"
+        else:
+            m, n, k = re.fullmatch(r"m(16|x|1)n(16|x|1)k(even|16|x|1)", align).groups()
+        return CompileClass(
+            arch=int(arch[2:]),
+            dtype={"f16": "float16", "tf32": "tf32", "f32": "float32"}[dt],
+            a_trans=layout[0] == "t",
+            b_trans=layout[1] == "t",
+            m=m,
+            n=n,
+            k=k,
+        )
+    except (ValueError, KeyError, IndexError, AttributeError) as e:
+        raise ValueError(f"not a kernel-facts entry key: {key!r} (expected e.g. 'sm90/f16/nt/even')") from e
+
+
+def job_class(cfg: TileConfig, key: str) -> CompileClass:
+    """The class to compile `cfg` under for table entry `key` (split-K configs compile their split binary)."""
+    return dataclasses.replace(class_of_entry(key), split=cfg.split_k > 1)
