@@ -47,8 +47,8 @@ class _Recorder:
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
 @pytest.mark.parametrize(("k", "split_k", "even"), CASES, ids=lambda v: str(v))
 def test_even_k_paths_match_reference(device, dtype, k, split_k, even, monkeypatch):
-    rec = _Recorder(matmul_mod._matmul_kernel)
-    monkeypatch.setattr(matmul_mod, "_matmul_kernel", rec)
+    rec = _Recorder(matmul_mod._MATMUL)
+    monkeypatch.setattr(matmul_mod, "_MATMUL", rec)
     m, n = 20, 24
     a, b = randn(m, k, dtype=dtype, device=device), randn(k, n, dtype=dtype, device=device)
     out = torch.full((m, n), float("nan"), dtype=dtype, device=device)

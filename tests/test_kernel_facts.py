@@ -99,8 +99,8 @@ def test_cross_compile_arguments_specialize_like_launch(m, n, k, a_t, b_t, split
 
     fn = _jit_function()  # the real kernel, before the recorder stands in for it
     rec = _Recorder()
-    monkeypatch.setattr(matmul_mod, "_matmul_kernel", rec)
-    monkeypatch.setattr(matmul_mod, "_splitk_reduce_kernel", _Recorder())  # nothing to reduce: not run
+    monkeypatch.setattr(matmul_mod, "_MATMUL", rec)
+    monkeypatch.setattr(matmul_mod, "_REDUCE", _Recorder())  # nothing to reduce: not run
     a = randn(k, m, dtype=torch.float16, device="cpu").t() if a_t else randn(m, k, dtype=torch.float16, device="cpu")
     b = randn(n, k, dtype=torch.float16, device="cpu").t() if b_t else randn(k, n, dtype=torch.float16, device="cpu")
     cfg = TileConfig(16, 32, 32, split_k=split, num_warps=4, num_stages=3)
@@ -295,7 +295,9 @@ def test_table_matches_the_device_compiler(shipped):
 def test_launch_check_uses_the_measured_estimate_on_a_gpu():
     # What the selector may pick from facts, launch must accept: on an A100 a 4-stage 128x256x64 fp16 tile keeps
     # 3 stages (144 KiB) in shared memory; IEEE fp32 on an H100 is FMA code with num_stages - 1 stages too.
-    reason = matmul_mod._config_reason
+    def reason(cfg, dtype, limit, arch=None, tf32=False):
+        return matmul_mod._plan(cfg, dtype, limit, tf32, arch)[2]
+
     big = TileConfig(128, 256, 64, num_warps=8, num_stages=4)
     assert reason(big, torch.float16, LIMIT[80]) is not None  # no arch (CPU): the all-stages bound
     assert reason(big, torch.float16, LIMIT[80], 80) is None
