@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_CACHE = Path("build") / "kernel_facts_cache.jsonl"
 LAYOUTS = ((False, False), (False, True), (True, False), (True, True))
 MODEL_GPUS = {"h100": 90, "a100": 80}  # shipped models and the target their GPU compiles for
+# Tier 5's classes (kernels.facts.align_class names), most frequent in real-model GEMMs first.
+UNALIGNED_CLASSES = ("mxn16keven", "a", "m16nxkeven", "mxnxkeven")
 
 
 def model_candidates(gpu: str) -> list[TileConfig]:
@@ -49,14 +51,17 @@ def plan() -> list[tuple[str, str, TileConfig]]:
     2. the same configs for fp32 with TF32 and IEEE fp32, A row-major (B either way: nn.Linear is "nt");
     3. the rest of the candidate space (tuning, GPUs without a model such as the H200) on both targets,
        fp16/bf16, A row-major;
-    4. fp32 and TF32 with A transposed.
+    4. fp32 and TF32 with A transposed;
+    5. the shipped models' configs, fp16/bf16, A row-major, in the alignment classes real models meet besides
+       `even`: M not 16-divisible (batch x sequence), N not (vocabularies such as 50265), both, and K not a
+       multiple of BLOCK_K (the masked main loop).
     """
     out: list[tuple[str, str, TileConfig]] = []
     seen: set[tuple[str, str]] = set()
 
-    def add(tier: str, arch: int, dt: str, layouts, cfgs) -> None:
+    def add(tier: str, arch: int, dt: str, layouts, cfgs, align: str = "even") -> None:
         for at, bt in layouts:
-            key = F.entry_key(arch, dt, at, bt, "even")
+            key = F.entry_key(arch, dt, at, bt, align)
             for cfg in cfgs:
                 if (key, cfg.key) not in seen:
                     seen.add((key, cfg.key))
@@ -73,6 +78,9 @@ def plan() -> list[tuple[str, str, TileConfig]]:
         for dt in ("tf32", "f32"):
             for gpu, arch in MODEL_GPUS.items():
                 add(tier, arch, dt, layouts, models[gpu])
+    for align in UNALIGNED_CLASSES:
+        for gpu, arch in MODEL_GPUS.items():
+            add("5", arch, "f16", LAYOUTS[:2], models[gpu], align)
     return out
 
 
@@ -166,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-cpu-min", type=float, default=60.0, help="stop starting compiles past this CPU time")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"resumable cache (default {DEFAULT_CACHE})")
     ap.add_argument("--out", type=Path, default=F.TABLE_PATH, help="table to write")
-    ap.add_argument("--tiers", default="1234", help="which tiers of the plan to build (default all: 1234)")
+    ap.add_argument("--tiers", default="12345", help="which tiers of the plan to build (default all: 12345)")
     ap.add_argument("--limit", type=int, default=None, help="compile at most this many (0: write the table only)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -184,7 +184,8 @@ def blocks_per_sm(f: dict, cfg: TileConfig, arch: int) -> int:
 
 def class_key(dtype: str, m: int, n: int, k: int, a_trans: bool, b_trans: bool, tf32: bool) -> tuple:
     """What of a launch selects its binary, for caching per-class validity (every BLOCK_K divides K or not)."""
-    return (dtype, bool(tf32), bool(a_trans), bool(b_trans), m % 16 == 0, n % 16 == 0) + tuple(
+    # A size of 1 is its own class: Triton makes it a constant (align_class's "1").
+    return (dtype, bool(tf32), bool(a_trans), bool(b_trans), m % 16 == 0, n % 16 == 0, m == 1, n == 1, k == 1) + tuple(
         k % d == 0 for d in (16, 32, 64, 128, 256)
     )
 
