@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from gpperf_torch import kernels
+from gpperf_torch.dataset import COLUMNS, KEY_COLUMNS
 from gpperf_torch.kernels import TileConfig
 
 # Where kernel and op tests run: the Triton interpreter on the CPU, and a GPU when there is one.
@@ -92,3 +94,17 @@ def synthetic_rows(with_energy: bool, n_shapes: int = 40, first: tuple = ()) -> 
                 row["energy_j"] = POWER[key] * t / 1e3
             rows.append(row)
     return rows
+
+
+def read_rows(path):
+    """A tuning CSV of this version's layout as dicts (asserting the header and every row's width)."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == list(COLUMNS)
+    assert all(len(r) == len(COLUMNS) for r in rows[1:])
+    return [dict(zip(COLUMNS, r, strict=True)) for r in rows[1:]]
+
+
+def keys(rows):
+    """The row keys (dataset.KEY_COLUMNS) of read_rows' dicts, in file order."""
+    return [tuple(r[c] for c in KEY_COLUMNS) for r in rows]

@@ -18,9 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpperf_torch.dataset import COLUMNS, KEY_COLUMNS, STATUSES
+from gpperf_torch.dataset import COLUMNS, STATUSES
 from gpperf_torch.kernels import TileConfig
 from gpperf_torch.shapes import llm_shapes, random_shapes, read_shapes
+
+from helpers import keys, read_rows
 
 # importlib: the package's lazy `tune` function would shadow the module in a `from` import
 tune_mod = importlib.import_module("gpperf_torch.tune")
@@ -36,18 +38,6 @@ CONFIGS = [
 TOO_BIG = TileConfig(256, 256, 128, num_warps=16, num_stages=3)
 FAST = dict(interpret=INTERP, energy_fraction=0.0, time_budget_ms=2.0, quiet=True, jobs=0)
 REPO = Path(__file__).resolve().parents[1]
-
-
-def read_rows(path):
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    assert rows[0] == list(COLUMNS)
-    assert all(len(r) == len(COLUMNS) for r in rows[1:])
-    return [dict(zip(COLUMNS, r, strict=True)) for r in rows[1:]]
-
-
-def keys(rows):
-    return [tuple(r[c] for c in KEY_COLUMNS) for r in rows]
 
 
 def test_schema_and_resume(tmp_path):

@@ -6,7 +6,6 @@ driver's process group killed with SIGKILL, then restarted.
 """
 
 import argparse
-import csv
 import importlib
 import os
 import signal
@@ -20,8 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpperf_torch.dataset import COLUMNS, KEY_COLUMNS
 from gpperf_torch.kernels import TileConfig
+
+from helpers import keys, read_rows
 
 tune_mod = importlib.import_module("gpperf_torch.tune")
 ray_exec = importlib.import_module("gpperf_torch.tuning.ray_exec")
@@ -37,18 +37,6 @@ N_ROWS = len(SHAPES) * (1 + len(CONFIGS))
 FAST = dict(interpret=True, energy_fraction=0.0, time_budget_ms=2.0, quiet=True, jobs=0)
 HOST = socket.gethostname()
 HAS_CUDA = torch.cuda.is_available()
-
-
-def read_rows(path):
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    assert rows[0] == list(COLUMNS)
-    assert all(len(r) == len(COLUMNS) for r in rows[1:])
-    return [dict(zip(COLUMNS, r, strict=True)) for r in rows[1:]]
-
-
-def keys(rows):
-    return [tuple(r[c] for c in KEY_COLUMNS) for r in rows]
 
 
 def wait_for_rows(path, n, timeout=120.0):
