@@ -44,7 +44,7 @@ CASES = [
     ("format", MISSING, "format"),
     ("format", "other", "format"),
     ("format", 1, "format"),
-    ("format_version", 2, "format_version"),
+    ("format_version", 1, "format v1"),  # the format before the per-tree output
     ("format_version", "1", "format_version"),
     ("format_version", 1.0, "format_version"),
     ("format_version", True, "format_version"),
