@@ -110,7 +110,7 @@ def run_one(table, mk: dict, gpu: str, test: str, seed: int, inner: int, n_jobs:
     z = summary["dispatch"]["z"]
     model = train.fit(table, rows=train_rows, seed=seed, **kw)
     m = train.evaluate(model, table.subset(test_rows), policy=Policy(z=z, host_ms=dict(NO_HOST_COST)))
-    point_policy = Policy(z=0.0, tie_rel=0.0, host_ms=dict(NO_HOST_COST))
+    point_policy = Policy(z=0.0, tie_rel=0.0, z_unaligned=0.0, host_ms=dict(NO_HOST_COST))
     point = train.evaluate(model, table.subset(test_rows), policy=point_policy)
     m["dispatch_z"] = z
     m["point_estimate"] = {k: point[k] for k in KEYS if k in point}
