@@ -2,10 +2,14 @@
 
     python benchmarks/dispatch_eval.py [--data DIR] [--gpus h100 a100] [--seeds 0 1 2] [--inner 10] [--json FILE]
 
-Three tests per GPU, each over several seeds, each with the shipped procedure (benchmarks/train_shipped.py's
+Four tests per GPU, each over several seeds, each with the shipped procedure (benchmarks/train_shipped.py's
 files, `train.held_out_metrics` to calibrate the dispatch confidence z on `--inner` (10, as shipped) grouped
 splits of the training side only, then one fit on the whole training side, evaluated on the test side at that z):
 
+- `family`:    whole model families of the HF GEMMs leave together (fitting.family_keys: a family is the
+  hidden size its weight shapes share), in 3 folds of about a third of the HF shapes each; seed s holds out
+  fold s % 3 (seeds 0-2: every HF shape once), on both GPUs' HF data; random shapes and the other families
+  train. The closest test to new model families, which acceptance checks;
 - `hf_split`:  a grouped 30% split of the Hugging Face model GEMMs (`*_hf_mm.csv`) is the test; everything
   else trains (random shapes, the other 70% of HF shapes, and for H100 the A100 rows, as shipped);
 - `rand2hf`:   train on the random shapes only (`*_mm.csv`), evaluate on every HF shape: the stronger test of
@@ -55,26 +59,58 @@ def _masks(table, gpu: str, files: list[Path]) -> dict[str, np.ndarray]:
     return {"hf": hf & own, "rand": ~hf & own, "other_hf": hf & ~own, "sources": src}
 
 
+N_FAMILY_FOLDS = 3
+
+
+def family_folds(table, mk: dict) -> dict[int, int]:
+    """The target GPU's HF families (fitting.family_keys) in N_FAMILY_FOLDS folds of about equal numbers of
+    groups (largest family first, each into the smallest fold): seed s holds out fold s % 3, so seeds 0-2 hold
+    out every HF shape once, each with its whole family."""
+    from gpperf_torch.fitting import family_keys
+
+    fam, gid = family_keys(table), table.group_id
+    size = {f: len(np.unique(gid[mk["hf"] & (fam == f)])) for f in np.unique(fam[mk["hf"]]).tolist()}
+    folds, load = {}, [0] * N_FAMILY_FOLDS
+    for f in sorted(size, key=lambda f: (-size[f], f)):
+        i = int(np.argmin(load))
+        folds[f], load[i] = i, load[i] + size[f]
+    return folds
+
+
+def split_rows(table, mk: dict, gpu: str, test: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(test rows, train rows) of one test and seed."""
+    from gpperf_torch import train
+    from gpperf_torch.fitting import family_keys
+
+    if test == "rand2hf":
+        test_rows = mk["hf"]
+        return test_rows, ~mk["hf"] & ~mk["other_hf"]
+    if test == "family":
+        fam = family_keys(table)
+        folds = family_folds(table, mk)
+        out = np.isin(fam, [f for f, i in folds.items() if i == seed % N_FAMILY_FOLDS])
+        test_rows = mk["hf"] & out
+        # The held-out families leave the other GPU's data too: a family seen on the A100 is not new.
+        return test_rows, ~test_rows & ~(mk["other_hf"] & out)
+    pool = mk["hf"] if test == "hf_split" else mk["rand"]
+    _, te = train.split_for_target(table.subset(pool), seed=seed, target_gpu=gpu)
+    test_rows = np.zeros(len(table), dtype=bool)
+    test_rows[np.flatnonzero(pool)[te]] = True
+    return test_rows, ~test_rows
+
+
 def run_one(table, mk: dict, gpu: str, test: str, seed: int, inner: int, n_jobs: int) -> dict:
     from gpperf_torch import train
     from gpperf_torch.dispatch import NO_HOST_COST, Policy
 
-    if test == "rand2hf":
-        test_rows = mk["hf"]
-        train_rows = ~mk["hf"] & ~mk["other_hf"]
-    else:
-        pool = mk["hf"] if test == "hf_split" else mk["rand"]
-        _, te = train.split_for_target(table.subset(pool), seed=seed, target_gpu=gpu)
-        test_rows = np.zeros(len(table), dtype=bool)
-        test_rows[np.flatnonzero(pool)[te]] = True
-        train_rows = ~test_rows
+    test_rows, train_rows = split_rows(table, mk, gpu, test, seed)
     kw = {"target_gpu": gpu, "n_jobs": n_jobs}
     _, summary, _ = train.held_out_metrics(table, seeds=tuple(range(100 + seed, 100 + seed + inner)),
                                            rows=train_rows, sources=mk["sources"], **kw)  # fmt: skip
     z = summary["dispatch"]["z"]
     model = train.fit(table, rows=train_rows, seed=seed, **kw)
     m = train.evaluate(model, table.subset(test_rows), policy=Policy(z=z, host_ms=dict(NO_HOST_COST)))
-    point_policy = Policy(z=0.0, tie_rel=0.0, host_ms=dict(NO_HOST_COST))
+    point_policy = Policy(z=0.0, tie_rel=0.0, z_unaligned=0.0, host_ms=dict(NO_HOST_COST))
     point = train.evaluate(model, table.subset(test_rows), policy=point_policy)
     m["dispatch_z"] = z
     m["point_estimate"] = {k: point[k] for k in KEYS if k in point}
@@ -87,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--gpus", nargs="+", default=["h100", "a100"])
-    ap.add_argument("--tests", nargs="+", default=["hf_split", "rand2hf", "rand_split"])
+    ap.add_argument("--tests", nargs="+", default=["family", "hf_split", "rand2hf", "rand_split"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--inner", type=int, default=10, help="grouped splits of the training side that calibrate z")
     ap.add_argument("--jobs", type=int, default=2)

@@ -12,7 +12,8 @@ The rule:
 2. Triton over cuBLAS only when confident: with per-tree predicted gains
    g_t = log(t_torch,t + host_torch) - log(t_pick,t + host_triton), the pick runs when
    mean(g) - z * sd(g) > margin; otherwise torch.matmul. z is calibrated on grouped held-out data at training
-   time and stored in the model's JSON (`dispatch`); see docs/selection.md.
+   time and stored in the model's JSON (`dispatch`); see docs/selection.md. Where a transposed operand's
+   leading dimension is unaligned (unaligned_transposed), z is at least `z_unaligned`.
 
 No scikit-learn, no torch: numpy only (the op imports this module).
 """
@@ -38,6 +39,15 @@ DEFAULT_HOST_MS = {"triton": 0.020, "torch": 0.008}
 DEFAULT_Z = 1.0  # used by models without a calibrated `dispatch` section (and the analytic rule: no spread)
 DEFAULT_MARGIN = 0.0
 DEFAULT_TIE_REL = 0.01  # about twice the public data's measurement noise (median 0.5%)
+# Shapes where a transposed operand's leading dimension is not a multiple of UNALIGNED_ELEMS elements: Triton
+# cannot vectorise its loads along that dimension and its speed then hangs on warps and stages in ways the
+# forest does not learn (H100, 50265x512x8192 with A transposed: the best config 2.3x faster than cuBLAS, the
+# pick 0.49x, with the trees agreeing on a 1.42x gain, 6.9 sd off). For them the confidence z is at least
+# DEFAULT_Z_UNALIGNED. Measured (benchmarks/dispatch_eval.py, seeds 0-2, docs/predictor.md): whole HF families
+# held out, the worst shape 0.486x -> 0.912x (H100) and 0.891x -> 0.936x (A100), at 0.4% of the H100 geomean on
+# the other tests; 2.5 and 3.0 gave the same.
+UNALIGNED_ELEMS = 8
+DEFAULT_Z_UNALIGNED = 2.5
 HOST_COST_FILE = "host_cost-{slug}.json"  # in selector.cache_dir(): written by benchmarks/gpu_check.py
 
 
@@ -48,6 +58,7 @@ class Policy:
     z: float = DEFAULT_Z
     margin: float = DEFAULT_MARGIN
     tie_rel: float = DEFAULT_TIE_REL
+    z_unaligned: float = DEFAULT_Z_UNALIGNED  # the least z for shapes with an unaligned transposed operand
     host_ms: dict = field(default_factory=lambda: dict(DEFAULT_HOST_MS))
     host_source: str = "default"  # "default" | "model" | the path of a GPU-check measurement | "none"
 
@@ -60,6 +71,7 @@ class Policy:
             z=float(d.get("z", DEFAULT_Z)),
             margin=float(d.get("margin", DEFAULT_MARGIN)),
             tie_rel=float(d.get("tie_rel", DEFAULT_TIE_REL)),
+            z_unaligned=float(d.get("z_unaligned", DEFAULT_Z_UNALIGNED)),
             host_ms={**DEFAULT_HOST_MS, **{k: float(v) for k, v in host.items()}} if host else dict(DEFAULT_HOST_MS),
             host_source="model" if host else "default",
         )
@@ -68,10 +80,23 @@ class Policy:
         return self if not host_ms else replace(self, host_ms={**self.host_ms, **host_ms}, host_source=source)
 
     def as_dict(self) -> dict:
-        return {"z": self.z, "margin": self.margin, "tie_rel": self.tie_rel, "host_ms": dict(self.host_ms)}
+        return {"z": self.z, "margin": self.margin, "tie_rel": self.tie_rel, "z_unaligned": self.z_unaligned,
+                "host_ms": dict(self.host_ms)}  # fmt: skip
+
+    def z_for(self, unaligned: bool) -> float:
+        """The confidence z of a shape: at least z_unaligned where a transposed operand is unaligned."""
+        return max(self.z, self.z_unaligned) if unaligned else self.z
 
 
 NO_HOST_COST = {"triton": 0.0, "torch": 0.0}
+
+
+def unaligned_transposed(m, n, k, a_trans, b_trans):
+    """True (elementwise for arrays) where a transposed operand's leading dimension is not a multiple of
+    UNALIGNED_ELEMS: A transposed (A[m, k] stored k-major) has leading dimension m, B transposed has k."""
+    m, n, k = (np.asarray(x, dtype=np.int64) for x in (m, n, k))
+    a_t, b_t = np.asarray(a_trans).astype(bool), np.asarray(b_trans).astype(bool)
+    return (a_t & (m % UNALIGNED_ELEMS != 0)) | (b_t & (k % UNALIGNED_ELEMS != 0))
 
 
 @dataclass
@@ -108,12 +133,14 @@ def decide(
     *,
     log_dev: np.ndarray | None = None,
     work: np.ndarray | None = None,
+    unaligned: bool = False,
 ) -> Decision:
     """Choose among candidates of one GEMM.
 
     time_ms: (n,) predicted kernel times (inf: unusable); is_torch: (n,) bool; log_dev: (n, T) per-tree log
     deviations from time_ms of the rank forest (None: no spread, e.g. the analytic rule); work: (n,) padded work
-    for the tie-break (None: no tie-break).
+    for the tie-break (None: no tie-break); unaligned: the shape has an unaligned transposed operand
+    (unaligned_transposed), so its z is at least policy.z_unaligned.
     """
     t = np.asarray(time_ms, dtype=np.float64)
     is_torch = np.asarray(is_torch, dtype=bool)
@@ -141,19 +168,24 @@ def decide(
         gain, sd = float(g.mean()), float(g.std())
     else:
         gain, sd = math.log((t[torch_i] + h_torch) / (t[pick] + h_tri)), 0.0
-    bound = gain - policy.z * sd
+    z = policy.z_for(bool(unaligned))
+    bound = gain - z * sd
     if bound > policy.margin:
         idx = pick
         reason = (
             f"Triton: predicted {math.exp(gain):.3f}x faster than torch.matmul (host cost included),"
-            f" confident: mean - {policy.z:g} sd = {math.exp(bound):.3f}x > {math.exp(policy.margin):.3f}x"
+            f" confident: mean - {z:g} sd = {math.exp(bound):.3f}x > {math.exp(policy.margin):.3f}x"
         )
     else:
         idx = torch_i
         why = "predicted slower" if gain <= policy.margin else "gain not confident"
         reason = (
             f"torch.matmul: Triton {why} ({math.exp(gain):.3f}x predicted, host cost included;"
-            f" mean - {policy.z:g} sd = {math.exp(bound):.3f}x <= {math.exp(policy.margin):.3f}x)"
+            f" mean - {z:g} sd = {math.exp(bound):.3f}x <= {math.exp(policy.margin):.3f}x)"
+        )
+    if unaligned and z > policy.z:
+        reason += (
+            f"; z raised to {z:g}: a transposed operand's leading dimension is not a multiple of {UNALIGNED_ELEMS}"
         )
     if len(tied) > 1:
         reason += f"; {len(tied)} Triton configs tied within {policy.tie_rel:.0%}: least padded work won"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .dataset import TORCH_KEY, Table
+from .dispatch import unaligned_transposed
 from .features import table_features
 
 ENERGY_TARGETS = ("power_w", "energy_j")
@@ -48,6 +49,7 @@ class _Group:
     triton_time: np.ndarray  # measured, inf = failed
     torch_row: int | None
     torch_time: float
+    unaligned: bool = False  # a transposed operand's leading dimension unaligned (dispatch.unaligned_transposed)
 
     @property
     def triton_best(self) -> str | None:
@@ -86,6 +88,7 @@ def _groups(table: Table, rows: np.ndarray | None = None) -> list[_Group]:
                 triton_time=np.array([float(np.median(times[k])) for k in tri]),
                 torch_row=first.get(TORCH_KEY),
                 torch_time=float(np.median(times[TORCH_KEY])) if TORCH_KEY in times else math.inf,
+                unaligned=bool(unaligned_transposed(*(table[c][r0] for c in ("m", "n", "k", "a_trans", "b_trans")))),
             )
         )
     return out
@@ -146,7 +149,8 @@ def _dispatch_group(g: _Group, finite: np.ndarray, pt, dev, work_all, policy, fl
     is_torch = np.zeros(len(rows), dtype=bool)
     is_torch[len(g.triton_rows[finite]) :] = True
     t = pt[rows] * floor_scale(pt[rows], floor)
-    d = decide(t, is_torch, policy, log_dev=None if dev is None else dev[rows], work=work_all[rows])
+    d = decide(t, is_torch, policy, log_dev=None if dev is None else dev[rows], work=work_all[rows],
+               unaligned=g.unaligned)  # fmt: skip
     return d, rows
 
 

@@ -179,6 +179,56 @@ def split_for_target(
     return ~test, test
 
 
+# A model family, for data without a model column: GEMMs of one transformer width share their weight dimensions,
+# and the smallest dimension of a projection, MLP or LM-head GEMM (forward, or either gradient) is the hidden
+# size unless the token count is smaller. So the family key of a shape is its smallest dimension of at least
+# FAMILY_MIN_DIM (below it: classification heads, tiny batches), else its largest. On the public HF GEMMs this
+# gives 7 families (hidden 128 ... 2048; 768: 30% of the shapes). Used to hold out whole families.
+FAMILY_MIN_DIM = 128
+
+
+def family_keys(table: Table) -> np.ndarray:
+    """(n_rows,) int64 family key of each row's shape (see FAMILY_MIN_DIM)."""
+    d = np.stack([table[c].astype(np.int64) for c in ("m", "n", "k")], axis=1)
+    big = np.where(d >= FAMILY_MIN_DIM, d, np.iinfo(np.int64).max).min(axis=1)
+    return np.where(big == np.iinfo(np.int64).max, d.max(axis=1), big)
+
+
+def family_split(
+    table: Table, rows: np.ndarray, families: np.ndarray, *, test_frac: float = 0.3, seed: int = 0,
+    target_gpu: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(train, test) masks within `rows`: of the target GPU's rows (all of `rows` without one), those with a
+    family (`families` >= 0) leave by whole families (shuffled by `seed`, added until `test_frac` of those groups
+    is held out: at least one family, never all), the others by groups (grouped_split). Rows of other GPUs train,
+    except those of a held-out family: a family seen on another GPU would not be new."""
+    rows = np.asarray(rows, dtype=bool)
+    families = np.asarray(families)
+    on = rows & (gpu_rows(table, target_gpu) if target_gpu else True)
+    fam_on = on & (families >= 0)
+    test = np.zeros(len(table), dtype=bool)
+    loose = on & ~fam_on
+    if loose.any():
+        _, te = grouped_split(table.subset(loose), test_frac=test_frac, seed=seed)
+        test[np.flatnonzero(loose)[te]] = True
+    fams = np.unique(families[fam_on])
+    if len(fams) > 1:
+        gid = table.group_id
+        size = {f: len(np.unique(gid[fam_on & (families == f)])) for f in fams.tolist()}
+        total, held, out = sum(size.values()), 0, []
+        for f in np.random.default_rng(seed).permutation(fams).tolist():
+            if out and held >= test_frac * total:
+                break
+            if len(out) == len(fams) - 1:
+                break
+            out.append(f)
+            held += size[f]
+        gone = np.isin(families, out)
+        test |= fam_on & gone
+        return rows & ~test & ~(gone & (families >= 0)), test
+    return rows & ~test, test
+
+
 # ---- fitting -------------------------------------------------------------------------------------------
 def targets_of(table: Table, rows: np.ndarray) -> tuple[str, ...]:
     """time_ms, plus power_w and energy_j when enough of `rows` have them (MIN_ENERGY_ROWS / _GROUPS).

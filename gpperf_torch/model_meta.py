@@ -134,9 +134,9 @@ def validate(meta: object, where: str) -> dict:
     version = meta.get("format_version")
     if not _is_int(version) or version != MODEL_FORMAT_VERSION:
         raise ModelError(
-            f"{where}: model format v{version!r}, this gpperf reads format_version {MODEL_FORMAT_VERSION} (v2 adds "
-            "the per-tree output that dispatch reads as uncertainty): retrain it with `gpperf-torch train` or use "
-            "the gpperf version that wrote it"
+            f"{where}: format_version {version!r}: model format v{version}, this gpperf reads"
+            f" v{MODEL_FORMAT_VERSION} (v2 adds the per-tree output that dispatch reads as uncertainty): retrain it"
+            " with `gpperf-torch train` or use the gpperf-torch version that wrote it"
         )
     fsv = meta.get("feature_schema_version")
     if not _is_int(fsv):

@@ -112,6 +112,14 @@ def _split_within(table: Table, rows: np.ndarray | None, test_frac: float, seed:
     return train, test
 
 
+# Recorded in the model's `dispatch.calibrated_on`: the floor is a constant of dispatch.py, not calibrated here.
+UNALIGNED_NOTE = (
+    "; z at least {z:g} (z_unaligned, not calibrated: dispatch.DEFAULT_Z_UNALIGNED) for shapes whose transposed"
+    " operand has a leading dimension that is not a multiple of 8, chosen on the family-level test of"
+    " benchmarks/dispatch_eval.py (docs/predictor.md)"
+)
+
+
 def held_out_metrics(
     table: Table, *, test_frac: float = 0.3, seeds=(0,), target_gpu: str | None = None,
     rows: np.ndarray | None = None, sources: np.ndarray | None = None, **fit_kw,
@@ -206,7 +214,7 @@ def train_and_export(
     )  # fmt: skip
     model = fit(table, seed=seed, target_gpu=target_gpu, **params) if use_all else split_model
     calibration = per_split.pop("dispatch")
-    model.dispatch = {k: calibration[k] for k in ("z", "margin", "tie_rel", "host_ms")}
+    model.dispatch = {k: calibration[k] for k in ("z", "margin", "tie_rel", "z_unaligned", "host_ms")}
     model.dispatch["calibrated_on"] = (
         f"held-out groups of {splits} grouped split(s){' of the ' + target_gpu + ' groups' if target_gpu else ''}:"
         f" the z of the highest geomean speedup over cuBLAS with at most {MAX_SLOWER_SHARE:.0%} of shapes below"
@@ -215,6 +223,7 @@ def train_and_export(
     cal = calibration["calibration"]
     model.dispatch["calibrated_on"] += (
         f"; a z per data file, the largest and at least {cal['z_min']} (evaluation.calibrate_sources)"
+        + UNALIGNED_NOTE.format(z=calibration["z_unaligned"])
     )
     model.dispatch["calibration"] = {
         name: {"z": c["z"], "n_shapes": c["n_shapes"], "table": c["table"]} for name, c in cal["per_source"].items()

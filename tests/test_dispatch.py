@@ -46,6 +46,25 @@ def test_host_cost_sends_microsecond_gemms_to_torch():
     assert not big.to_extern
 
 
+def test_unaligned_transposed_operands_need_more_confidence():
+    # A transposed: its leading dimension is m; B transposed: k. Only those, and only when not a multiple of 8.
+    assert dispatch.unaligned_transposed(50265, 512, 8192, True, False)
+    assert not dispatch.unaligned_transposed(50265, 512, 8192, False, False)  # A row-major: ld = k, aligned
+    assert not dispatch.unaligned_transposed(50264, 512, 8192, True, False)
+    assert dispatch.unaligned_transposed(64, 64, 100, False, True)
+    got = dispatch.unaligned_transposed(np.array([50265, 50264]), 512, 8192, np.array([1, 1]), 0)
+    assert got.tolist() == [True, False]
+    t, is_torch = np.array([1.0, 1.3]), np.array([False, True])
+    dev = np.zeros((2, 32))
+    dev[0, :16], dev[0, 16:] = 0.15, -0.15  # gain log(1.3) = 0.26, sd 0.15: confident at z = 1, not at 2.5
+    assert not decide(t, is_torch, KERNEL, log_dev=dev).to_extern
+    d = decide(t, is_torch, KERNEL, log_dev=dev, unaligned=True)
+    assert d.to_extern and "z raised to 2.5" in d.reason
+    assert Policy.from_meta({"dispatch": {"z": 1.0}}).z_unaligned == dispatch.DEFAULT_Z_UNALIGNED
+    assert Policy.from_meta({"dispatch": {"z": 1.0, "z_unaligned": 4}}).z_for(True) == 4.0
+    assert Policy(z=3.0).z_for(True) == 3.0 and Policy(z=3.0).z_for(False) == 3.0
+
+
 def test_ties_go_to_the_least_padded_work():
     cfgs = [TileConfig(128, 128, 64, 8, 1, 4, 3), TileConfig(16, 64, 64, 8, 1, 4, 3), None]
     work = padded_work(1, 256, 128, config_matrix(cfgs))

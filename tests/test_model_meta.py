@@ -44,6 +44,7 @@ CASES = [
     ("format", MISSING, "format"),
     ("format", "other", "format"),
     ("format", 1, "format"),
+    ("format_version", 1, "format v1"),  # the format before the per-tree output
     ("format_version", MODEL_FORMAT_VERSION + 1, "format_version"),
     ("format_version", str(MODEL_FORMAT_VERSION), "format_version"),
     ("format_version", float(MODEL_FORMAT_VERSION), "format_version"),

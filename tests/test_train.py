@@ -178,6 +178,8 @@ def test_cli_train_and_eval_json(tmp_path, capsys):
     assert (out / "model.onnx").is_file() and (out / "model.json").is_file()
     meta = json.loads((out / "model.json").read_text())
     assert "geomean_regret" in meta["metrics"]["held_out"]
+    # the unaligned-operand floor travels with the model, and its note says it is a constant
+    assert meta["dispatch"]["z_unaligned"] == 2.5 and "z_unaligned, not calibrated" in meta["dispatch"]["calibrated_on"]
     capsys.readouterr()
     assert cli_main(["eval", "--model", str(out), "--data", str(csv_path), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
