@@ -30,7 +30,7 @@ DEFAULT_CACHE = Path("build") / "kernel_facts_cache.jsonl"
 LAYOUTS = ((False, False), (False, True), (True, False), (True, True))
 MODEL_GPUS = {"h100": 90, "a100": 80}  # shipped models and the target their GPU compiles for
 # Tier 5's classes (kernels.facts.align_class names), most frequent in real-model GEMMs first.
-UNALIGNED_CLASSES = ("mxn16keven", "a", "m16nxkeven", "mxnxkeven")
+UNALIGNED_CLASSES = ("mxn16keven", "a", "m16nxkeven", "mxnxkeven", "m1n16keven", "m16n16kx")
 
 
 def model_candidates(gpu: str) -> list[TileConfig]:
@@ -53,8 +53,9 @@ def plan() -> list[tuple[str, str, TileConfig]]:
        fp16/bf16, A row-major;
     4. fp32 and TF32 with A transposed;
     5. the shipped models' configs, fp16/bf16, A row-major, in the alignment classes real models meet besides
-       `even`: M not 16-divisible (batch x sequence), N not (vocabularies such as 50265), both, and K not a
-       multiple of BLOCK_K (the masked main loop).
+       `even`: M not 16-divisible (batch x sequence), N not (vocabularies such as 50265), both, K not a
+       multiple of BLOCK_K (the masked main loop), M = 1 (decode at batch 1: a constant to Triton) and K not
+       16-divisible.
     """
     out: list[tuple[str, str, TileConfig]] = []
     seen: set[tuple[str, str]] = set()
