@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import env
+
 logger = logging.getLogger(__name__)
 
 # Per-call host cost in eager mode, milliseconds, used when neither the model nor a GPU-check measurement gives
@@ -252,7 +254,7 @@ def policy_for(meta: dict | None, device_name: str | None = None) -> Policy:
     """The policy of a model on a device: the model's, with the GPU check's measured host cost when one exists.
     GPPERF_HOST_COST=0 sets the host cost to zero (e.g. under CUDA graphs, where launches are replayed)."""
     policy = Policy.from_meta(meta)
-    if os.environ.get("GPPERF_HOST_COST", "1") == "0":
+    if not env.flag("GPPERF_HOST_COST", True):
         return replace(policy, host_ms=dict(NO_HOST_COST), host_source="none")
     if device_name:
         host, path = read_host_cost(device_name)

@@ -10,6 +10,7 @@ used instead (the explicit API, `gpperf_torch.objective(...)` and `mode(...)`, s
 | GPPERF_DISK_CACHE | 1/0, on/off, true/false, yes/no (any case) | 1 |
 | GPPERF_CACHE_DIR | where selections are cached | the user cache dir |
 | GPPERF_VERIFY_TOP_K | candidates timed by verify mode, an integer >= 1 | 3 |
+| GPPERF_HOST_COST | 1/0 (as GPPERF_DISK_CACHE): add the eager per-call host cost in dispatch | 1 |
 """
 
 from __future__ import annotations

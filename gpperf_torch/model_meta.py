@@ -4,8 +4,8 @@ Every field the run time reads is checked for presence and type here, so a malfo
 a number for a checksum, a device without a capability, a string where a number belongs) is a ModelError at load
 that names the file and the field, never an AttributeError or TypeError at the first matmul. Fields the run
 time does not read (metrics, provenance, library versions, ...) may hold anything. Whether the contents fit
-this version of gpperf (format version, feature schema, targets) is checked here too, and in
-predictor.check_meta.
+this version of gpperf (format version, feature schema, targets) is checked here too: this module is the one
+check a model's metadata goes through.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import model_meta
 from .device import DeviceInfo
-from .features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, config_matrix, shape_features
+from .features import FEATURE_NAMES, config_matrix, shape_features
 from .kernels.configs import TileConfig
 
 logger = logging.getLogger(__name__)
@@ -53,38 +53,6 @@ def file_sha256(path: Path) -> str:
 def parse_candidates(keys: Sequence[str]) -> list[TileConfig | None]:
     """Candidate keys from model.json -> configs; "torch" -> None (torch.matmul)."""
     return [None if key == TORCH_KEY else TileConfig.from_key(key) for key in keys]
-
-
-def check_meta(meta: dict, where: str) -> None:
-    """ValueError when model metadata cannot be used with this version of the feature code."""
-    if meta.get("format") == MODEL_FORMAT and meta.get("format_version") != MODEL_FORMAT_VERSION:
-        raise ValueError(
-            f"{where}: model format v{meta.get('format_version')}, this gpperf reads v{MODEL_FORMAT_VERSION}"
-            " (v2 adds the per-tree output that dispatch reads as uncertainty): retrain it with `gpperf-torch train`"
-            " or use the gpperf-torch version that wrote it"
-        )
-    if meta.get("format") != MODEL_FORMAT or meta.get("format_version") != MODEL_FORMAT_VERSION:
-        raise ValueError(
-            f"{where}: not a gpperf model description (format={meta.get('format')!r}, "
-            f"format_version={meta.get('format_version')!r}; expected {MODEL_FORMAT!r} v{MODEL_FORMAT_VERSION})"
-        )
-    version = meta.get("feature_schema_version")
-    if version != FEATURE_SCHEMA_VERSION or tuple(meta.get("feature_names", ())) != FEATURE_NAMES:
-        raise ValueError(
-            f"{where}: model was trained with feature schema v{version} "
-            f"({len(meta.get('feature_names', ()))} features), this gpperf computes v{FEATURE_SCHEMA_VERSION} "
-            f"({len(FEATURE_NAMES)} features): retrain it with `gpperf-torch train` or upgrade gpperf-torch"
-        )
-    targets = tuple(meta.get("targets", ()))
-    if not targets or targets[0] != "time_ms" or not set(targets) <= set(KNOWN_TARGETS):
-        raise ValueError(f"{where}: targets {targets} must start with 'time_ms' and be among {KNOWN_TARGETS}")
-    if meta.get("target_transform") != "log":
-        raise ValueError(f"{where}: unsupported target_transform {meta.get('target_transform')!r} (expected 'log')")
-    if not meta.get("candidates"):
-        raise ValueError(f"{where}: the model lists no candidate configs")
-    for field in ("device", "onnx_sha256"):
-        if field not in meta:
-            raise ValueError(f"{where}: missing field {field!r}; re-export the model with `gpperf-torch train`")
 
 
 class Predictor:
@@ -130,8 +98,8 @@ class Predictor:
                     f"model file {p} not found: a model is a pair <name>.onnx + <name>.json "
                     "(or a directory with model.onnx + model.json), written by `gpperf-torch train`"
                 )
-        meta = model_meta.read(json_path)  # the whole sidecar against its schema: ModelError naming the field
-        check_meta(meta, str(json_path))
+        # the whole sidecar against its schema and this version (format, feature schema, targets): ModelError
+        meta = model_meta.read(json_path)
         actual = file_sha256(onnx_path)
         if actual != meta["onnx_sha256"]:
             raise ValueError(
