@@ -13,7 +13,10 @@ The rule:
    g_t = log(t_torch,t + host_torch) - log(t_pick,t + host_triton), the pick runs when
    mean(g) - z * sd(g) > margin; otherwise torch.matmul. z is calibrated on grouped held-out data at training
    time and stored in the model's JSON (`dispatch`); see docs/selection.md. Where a transposed operand's
-   leading dimension is unaligned (unaligned_transposed), z is at least `z_unaligned`.
+   leading dimension is unaligned (unaligned_transposed), z is at least `z_unaligned`;
+3. torch.matmul, whatever the trees say, for a shape whose K is heavier against its output than in every
+   training shape (k_ratio above the model's `k_ratio_max`): there cuBLAS splits K and the trees, which have
+   never seen such a shape, agree on a gain that is not there.
 
 No scikit-learn, no torch: numpy only (the op imports this module).
 """
@@ -41,15 +44,25 @@ DEFAULT_HOST_MS = {"triton": 0.020, "torch": 0.008}
 DEFAULT_Z = 1.0  # used by models without a calibrated `dispatch` section (and the analytic rule: no spread)
 DEFAULT_MARGIN = 0.0
 DEFAULT_TIE_REL = 0.01  # about twice the public data's measurement noise (median 0.5%)
-# Shapes where a transposed operand's leading dimension is not a multiple of UNALIGNED_ELEMS elements: Triton
-# cannot vectorise its loads along that dimension and its speed then hangs on warps and stages in ways the
-# forest does not learn (H100, 50265x512x8192 with A transposed: the best config 2.3x faster than cuBLAS, the
-# pick 0.49x, with the trees agreeing on a 1.42x gain, 6.9 sd off). For them the confidence z is at least
-# DEFAULT_Z_UNALIGNED. Measured (benchmarks/dispatch_eval.py, seeds 0-2, docs/predictor.md): whole HF families
-# held out, the worst shape 0.486x -> 0.912x (H100) and 0.891x -> 0.936x (A100), at 0.4% of the H100 geomean on
-# the other tests; 2.5 and 3.0 gave the same.
+# Shapes where a transposed operand's leading dimension is not a multiple of UNALIGNED_ELEMS: Triton cannot
+# vectorise its loads along that dimension and its speed then hangs on warps and stages in ways the forest does not
+# learn (H100, 50265x512x8192 with A transposed: the best config 2.3x faster than cuBLAS, the pick 0.49x, with the
+# trees agreeing on a 1.42x gain, 6.9 sd off). For them the confidence z is at least DEFAULT_Z_UNALIGNED.
+# Measured (benchmarks/dispatch_eval.py, docs/predictor.md): whole HF families held out, seeds 0-2, the worst
+# shape 0.486x -> 0.912x (H100) and 0.891x -> 0.936x (A100) at 2.5, at 0.4% of the H100 geomean on the other
+# tests. Over 9 family runs (3 folds x 3 forest seeds) the same shape still ran at 0.716x in one run at 2.5 or 3.0
+# (a 1.48x gain predicted, 3.4 sd of the trees above 1): 3.5 removes it, for 0.07% of the H100 random split's
+# geomean and nothing elsewhere (sending these shapes to cuBLAS outright costs 0.2% there).
 UNALIGNED_ELEMS = 8
-DEFAULT_Z_UNALIGNED = 2.5
+DEFAULT_Z_UNALIGNED = 3.5
+# The K guard. k_ratio = log2 K - (log2 M + log2 N) / 2: how many times longer the reduction is than the side of
+# the output, in powers of two. Weight gradients of real models (M, N of a few hundred, K of 16k-32k tokens) sit
+# far above any random training shape: there cuBLAS splits K over the SMs, while a template without split-K runs
+# a handful of programs each looping over all of K; and the trees, extrapolating, agree on a gain. Measured
+# (benchmarks/dispatch_eval.py, H100, trained on random shapes, evaluated on every HF shape, seeds 0-2): the guard
+# lifted the geomean over cuBLAS from 0.999 to 1.017, the worst shape from 0.36x to 0.73x and the shapes below
+# 0.97x from 3.5% to 2.3%; on the tests whose training data holds such shapes (family, HF split, random split) it
+# never fires. M- or N-heavy guards on the same rule cost 0.5% on the random split and removed no slow shape.
 HOST_COST_FILE = "host_cost-{slug}.json"  # in selector.cache_dir(): written by benchmarks/gpu_check.py
 
 
@@ -93,6 +106,18 @@ class Policy:
 NO_HOST_COST = {"triton": 0.0, "torch": 0.0}
 
 
+def k_ratio(m, n, k):
+    """log2 K - (log2 M + log2 N) / 2 (elementwise for arrays): how K-heavy a GEMM is, the K guard's measure.
+    Batched GEMMs count their batch in M, as the selector scores them."""
+    m, n, k = (np.maximum(np.asarray(x, dtype=np.float64), 1.0) for x in (m, n, k))
+    return np.log2(k) - 0.5 * (np.log2(m) + np.log2(n))
+
+
+def beyond_k_range(ratio: float | None, ratio_max: float | None) -> bool:
+    """True where a shape's k_ratio is above the model's training range (None: no range recorded, no guard)."""
+    return ratio is not None and ratio_max is not None and float(ratio) > float(ratio_max) + 1e-9
+
+
 def unaligned_transposed(m, n, k, a_trans, b_trans):
     """True (elementwise for arrays) where a transposed operand's leading dimension is not a multiple of
     UNALIGNED_ELEMS: A transposed (A[m, k] stored k-major) has leading dimension m, B transposed has k."""
@@ -112,6 +137,7 @@ class Decision:
     gain_sd: float = math.nan  # its spread over the trees
     tied: int = 1  # Triton configs tied with the fastest (the tie went to the least padded work)
     reason: str = ""
+    guard: str = ""  # "k_range" when the K guard sent the shape to torch.matmul whatever the prediction
 
     @property
     def to_extern(self) -> bool:
@@ -136,13 +162,16 @@ def decide(
     log_dev: np.ndarray | None = None,
     work: np.ndarray | None = None,
     unaligned: bool = False,
+    k_ratio: float | None = None,
+    k_ratio_max: float | None = None,
 ) -> Decision:
     """Choose among candidates of one GEMM.
 
     time_ms: (n,) predicted kernel times (inf: unusable); is_torch: (n,) bool; log_dev: (n, T) per-tree log
     deviations from time_ms of the rank forest (None: no spread, e.g. the analytic rule); work: (n,) padded work
     for the tie-break (None: no tie-break); unaligned: the shape has an unaligned transposed operand
-    (unaligned_transposed), so its z is at least policy.z_unaligned.
+    (unaligned_transposed), so its z is at least policy.z_unaligned; k_ratio: the shape's (dispatch.k_ratio) and
+    k_ratio_max the model's training range (None: no K guard): above it, torch.matmul.
     """
     t = np.asarray(time_ms, dtype=np.float64)
     is_torch = np.asarray(is_torch, dtype=bool)
@@ -172,7 +201,15 @@ def decide(
         gain, sd = math.log((t[torch_i] + h_torch) / (t[pick] + h_tri)), 0.0
     z = policy.z_for(bool(unaligned))
     bound = gain - z * sd
-    if bound > policy.margin:
+    guard = "k_range" if beyond_k_range(k_ratio, k_ratio_max) else ""
+    if guard:
+        idx = torch_i
+        reason = (
+            f"torch.matmul: K is heavier than in every training shape (log2 K - (log2 M + log2 N)/2 ="
+            f" {k_ratio:.2f} > {k_ratio_max:.2f}), where cuBLAS splits K and the model has no evidence"
+            f" (Triton predicted {math.exp(gain):.3f}x, mean - {z:g} sd = {math.exp(bound):.3f}x, not trusted)"
+        )
+    elif bound > policy.margin:
         idx = pick
         reason = (
             f"Triton: predicted {math.exp(gain):.3f}x faster than torch.matmul (host cost included),"
@@ -185,13 +222,13 @@ def decide(
             f"torch.matmul: Triton {why} ({math.exp(gain):.3f}x predicted, host cost included;"
             f" mean - {z:g} sd = {math.exp(bound):.3f}x <= {math.exp(policy.margin):.3f}x)"
         )
-    if unaligned and z > policy.z:
+    if unaligned and z > policy.z and not guard:
         reason += (
             f"; z raised to {z:g}: a transposed operand's leading dimension is not a multiple of {UNALIGNED_ELEMS}"
         )
     if len(tied) > 1:
         reason += f"; {len(tied)} Triton configs tied within {policy.tie_rel:.0%}: least padded work won"
-    return Decision(idx, pick, torch_i, gain=gain, gain_sd=sd, tied=len(tied), reason=reason)
+    return Decision(idx, pick, torch_i, gain=gain, gain_sd=sd, tied=len(tied), reason=reason, guard=guard)
 
 
 def floor_scale(time_ms: np.ndarray, floor_ms: float | None) -> float:
@@ -266,8 +303,10 @@ __all__ = [
     "DEFAULT_HOST_MS",
     "Decision",
     "Policy",
+    "beyond_k_range",
     "decide",
     "host_cost_path",
+    "k_ratio",
     "padded_work",
     "policy_for",
     "read_host_cost",

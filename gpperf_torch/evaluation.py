@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .dataset import TORCH_KEY, Table
-from .dispatch import unaligned_transposed
+from .dispatch import k_ratio, unaligned_transposed
 from .features import table_features
 
 ENERGY_TARGETS = ("power_w", "energy_j")
@@ -50,6 +50,7 @@ class _Group:
     torch_row: int | None
     torch_time: float
     unaligned: bool = False  # a transposed operand's leading dimension unaligned (dispatch.unaligned_transposed)
+    k_ratio: float = 0.0  # log2 K - (log2 M + log2 N) / 2 (dispatch.k_ratio, the K guard's measure)
 
     @property
     def triton_best(self) -> str | None:
@@ -89,6 +90,7 @@ def _groups(table: Table, rows: np.ndarray | None = None) -> list[_Group]:
                 torch_row=first.get(TORCH_KEY),
                 torch_time=float(np.median(times[TORCH_KEY])) if TORCH_KEY in times else math.inf,
                 unaligned=bool(unaligned_transposed(*(table[c][r0] for c in ("m", "n", "k", "a_trans", "b_trans")))),
+                k_ratio=float(k_ratio(table["m"][r0], table["n"][r0], table["k"][r0])),
             )
         )
     return out
@@ -139,10 +141,20 @@ def _spread(predictor, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     return predictor.predict_features(X), None
 
 
-def _dispatch_group(g: _Group, finite: np.ndarray, pt, dev, work_all, policy, floor):
+def _domain(predictor) -> tuple[float | None, float | None]:
+    """(time floor in ms, k_ratio_max) of a model: where its training data ends (model.json, or a Fitted's
+    attributes); what the selector reads from a loaded model too."""
+    meta = getattr(predictor, "meta", None) or {}
+    floor = meta.get("time_floor_ms") or getattr(predictor, "time_floor_ms", None)
+    kmax = meta.get("k_ratio_max", getattr(predictor, "k_ratio_max", None))
+    return floor, kmax
+
+
+def _dispatch_group(g: _Group, finite: np.ndarray, pt, dev, work_all, policy, domain):
     """decide() over the group's runnable Triton configs and torch, as the selector sees them."""
     from .dispatch import decide, floor_scale
 
+    floor, kmax = domain
     rows = g.triton_rows[finite]
     if g.torch_row is not None and math.isfinite(g.torch_time):
         rows = np.append(rows, g.torch_row)
@@ -150,7 +162,7 @@ def _dispatch_group(g: _Group, finite: np.ndarray, pt, dev, work_all, policy, fl
     is_torch[len(g.triton_rows[finite]) :] = True
     t = pt[rows] * floor_scale(pt[rows], floor)
     d = decide(t, is_torch, policy, log_dev=None if dev is None else dev[rows], work=work_all[rows],
-               unaligned=g.unaligned)  # fmt: skip
+               unaligned=g.unaligned, k_ratio=g.k_ratio, k_ratio_max=kmax)  # fmt: skip
     return d, rows
 
 
@@ -159,20 +171,22 @@ def dispatch_samples(
 ) -> np.ndarray:
     """(n_groups, 4) per group with a cuBLAS time: predicted log gain of the Triton pick over torch (host costs
     included) and its spread over the trees, the measured speedup of that pick over torch, and of the best Triton
-    config. What calibrate_z needs to evaluate any confidence z without predicting again."""
+    config. What calibrate_z needs to evaluate any confidence z without predicting again. A shape the K guard
+    sends to torch.matmul (dispatch.beyond_k_range) has gain -inf: no z dispatches it."""
     policy = _policy_of(predictor, policy, host_cost)
     X = table_features(table, device_lookup)
     pred, dev = _spread(predictor, X)
     pt, work_all = pred[:, 0], _table_work(table)
-    floor = (getattr(predictor, "meta", None) or {}).get("time_floor_ms") or getattr(predictor, "time_floor_ms", None)
+    domain = _domain(predictor)
     out = []
     for g in _groups(table):
         finite = np.isfinite(g.triton_time)
         if not finite.any() or g.torch_row is None or not math.isfinite(g.torch_time):
             continue
-        d, _ = _dispatch_group(g, finite, pt, dev, work_all, policy, floor)
+        d, _ = _dispatch_group(g, finite, pt, dev, work_all, policy, domain)
         pick_time = g.triton_time[finite][d.triton_index]
-        out.append((d.gain, d.gain_sd, g.torch_time / pick_time, g.torch_time / g.triton_time[finite].min()))
+        gain = -math.inf if d.guard else d.gain
+        out.append((gain, d.gain_sd, g.torch_time / pick_time, g.torch_time / g.triton_time[finite].min()))
     return np.asarray(out, dtype=np.float64).reshape(-1, 4)
 
 
@@ -200,13 +214,17 @@ def speedups_at(samples: np.ndarray, z: float, margin: float = 0.0) -> tuple[np.
 
 # Calibration of the dispatch confidence on grouped held-out data (train.py): the z that maximises the geomean
 # speedup over cuBLAS while, over the pooled held-out groups, at most MAX_SLOWER_SHARE of the shapes run below
-# 0.97x and at most MAX_SEVERE_SHARE below MIN_SPEEDUP. Not "none below": one confidently wrong shape among
-# ~1500 pooled held-out groups (H100: a transposed 50265x512x8192 whose pick is 3x off the best Triton config)
-# alone then forced z from 0.75 to 2.5 and sent 93% of shapes to cuBLAS. The grid starts at 0 (point estimate).
+# 0.97x. The grid starts at 0 (point estimate). The table also reports the share below MIN_SPEEDUP, which is
+# not a constraint: it was (at most 0.25% of the pooled groups) until measured. On the HF data that bound means
+# "no shape", and one or two confidently wrong shapes (H100: a transposed 1024x512x2048 at 0.79x, the unaligned
+# 50265x512x8192 at 0.72x), held out by three of the ten inner splits, then set z for every shape: z 1.39 on
+# average, up to 3.25, over 9 family-test runs (benchmarks/dispatch_eval.py: 3 folds of whole HF model families
+# x 3 forest seeds). On those held-out families that bought nothing: 2 shapes below 0.8x with it and without it,
+# 10 against 11 below 0.97x over the 9 runs, for a geomean of 1.0320 against 1.0423 without it. Severe
+# slowdowns are met by mechanisms aimed at them (the unaligned floor and the K guard, dispatch.py).
 Z_GRID = tuple(round(0.25 * i, 2) for i in range(17))  # 0 .. 4
 MAX_SLOWER_SHARE = 0.01
-MIN_SPEEDUP = 0.8
-MAX_SEVERE_SHARE = 0.0025
+MIN_SPEEDUP = 0.8  # reported per z in the calibration table, not a constraint (above)
 # Held-out groups are shapes like the training ones; shapes of a new kind are not, and there the trees' spread
 # understates the error. Measured (H100, benchmarks/dispatch_eval.py): calibrated on grouped splits of the
 # random shapes alone, z came out 0.5-0.75, and on every Hugging Face shape (none seen) 15% of them then ran
@@ -224,9 +242,8 @@ def calibrate_z(samples: np.ndarray, margin: float = 0.0) -> dict:
         row = {"z": z, **{k: m[k] for k in ("speedup_vs_extern_geomean", "share_slower_than_extern_3pct",
                                              "speedup_vs_extern_min", "share_dispatched_to_extern")}}  # fmt: skip
         rows.append(row)
-        severe = float(np.mean(s < MIN_SPEEDUP))
-        row["share_below_min_speedup"] = severe
-        safe = m["share_slower_than_extern_3pct"] <= MAX_SLOWER_SHARE and severe <= MAX_SEVERE_SHARE
+        row["share_below_min_speedup"] = float(np.mean(s < MIN_SPEEDUP))
+        safe = m["share_slower_than_extern_3pct"] <= MAX_SLOWER_SHARE
         if safe and (chosen is None or m["speedup_vs_extern_geomean"] > chosen["speedup_vs_extern_geomean"] + 1e-9):
             chosen = row
     if chosen is None:  # nothing is safe: the most cautious z on the grid
@@ -299,12 +316,11 @@ def evaluate(
     rank = {k: i for i, k in enumerate(static_ranking)}
 
     regrets, static_regrets, median_regrets, top1, sizes = [], [], [], [], []
-    speedups, to_extern, oracle_speedups, triton_only_speedups = [], [], [], []
+    speedups, to_extern, oracle_speedups, triton_only_speedups, k_guarded = [], [], [], [], []
     n_failed_pick = 0
     pt = pred[:, 0]
     work_all = _table_work(table)
-    meta = getattr(predictor, "meta", None) or {}
-    floor = meta.get("time_floor_ms") or getattr(predictor, "time_floor_ms", None)
+    domain = _domain(predictor)
     for g in _groups(table):
         finite = np.isfinite(g.triton_time)
         if not finite.any():
@@ -312,7 +328,7 @@ def evaluate(
         best = float(g.triton_time[finite].min())
         n_failed_pick += int(not np.isfinite(g.triton_time[int(np.argmin(pt[g.triton_rows]))]))
         # The selector filters configs that cannot run (validity check); here: those that failed to run.
-        d, rows = _dispatch_group(g, finite, pt, dev, work_all, policy, floor)
+        d, rows = _dispatch_group(g, finite, pt, dev, work_all, policy, domain)
         pick_time = float(g.triton_time[finite][d.triton_index])
         regrets.append(pick_time / best)
         top1.append(pick_time == best)
@@ -324,6 +340,7 @@ def evaluate(
             chosen = g.torch_time if d.to_extern else pick_time
             speedups.append(g.torch_time / chosen)
             to_extern.append(d.to_extern)
+            k_guarded.append(bool(d.guard))
             triton_only_speedups.append(g.torch_time / pick_time)
             oracle_speedups.append(g.torch_time / min(best, g.torch_time))
 
@@ -342,6 +359,7 @@ def evaluate(
     )
     if speedups:
         res.update(dispatch_metrics(np.asarray(speedups), np.asarray(to_extern)))
+        res["share_k_guarded"] = float(np.mean(k_guarded))
         res.update(
             speedup_vs_extern_triton_only_geomean=_geomean(triton_only_speedups),
             speedup_vs_extern_oracle_geomean=_geomean(oracle_speedups),
@@ -433,13 +451,13 @@ def per_group_choices(predictor, table: Table, device_lookup=None, policy=None) 
     policy = _policy_of(predictor, policy)
     pred, dev = _spread(predictor, table_features(table, device_lookup))
     pt, work_all = pred[:, 0], _table_work(table)
-    floor = (getattr(predictor, "meta", None) or {}).get("time_floor_ms") or getattr(predictor, "time_floor_ms", None)
+    domain = _domain(predictor)
     out: dict[str, list] = {"size": [], "regret": [], "speedup": [], "to_extern": []}
     for g in _groups(table):
         finite = np.isfinite(g.triton_time)
         if not finite.any():
             continue
-        d, _ = _dispatch_group(g, finite, pt, dev, work_all, policy, floor)
+        d, _ = _dispatch_group(g, finite, pt, dev, work_all, policy, domain)
         pick_time = float(g.triton_time[finite][d.triton_index])
         out["size"].append(g.size)
         out["regret"].append(pick_time / g.triton_time[finite].min())

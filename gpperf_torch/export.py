@@ -79,6 +79,7 @@ def export(model: Fitted, out: str | Path, meta: dict | None = None) -> tuple[Pa
         "device": model.device.as_dict(),
         "baseline_static_ranking": model.static_ranking,
         "time_floor_ms": model.time_floor_ms,
+        "k_ratio_max": model.k_ratio_max,
         # The dispatch policy (dispatch.Policy.from_meta reads it); without calibration, the defaults.
         "dispatch": model.dispatch or Policy().as_dict(),
         "forest": {

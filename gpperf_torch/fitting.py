@@ -107,6 +107,7 @@ class Fitted:
     params: dict = field(default_factory=dict)
     energy: object | None = None  # RandomForestRegressor: (log power_w, log energy_j/time_ms); None: time only
     time_floor_ms: float | None = None  # the fastest measured training row (predictions are lifted to it)
+    k_ratio_max: float | None = None  # the K-heaviest training shape's dispatch.k_ratio (the K guard's bound)
     dispatch: dict | None = None  # the calibrated dispatch policy (dispatch.Policy.as_dict), set by train
 
     def log_predict(self, X: np.ndarray) -> np.ndarray:
@@ -279,6 +280,16 @@ def candidate_keys(table: Table, rows: np.ndarray, min_groups: int = MIN_CANDIDA
     return keys
 
 
+def training_k_ratio_max(table: Table, rows: np.ndarray) -> float | None:
+    """The largest dispatch.k_ratio (log2 K - (log2 M + log2 N) / 2) among the shapes of `rows` (the target GPU's
+    rows with a usable Triton measurement): beyond it the K guard sends a shape to torch.matmul."""
+    from .dispatch import k_ratio
+
+    if not np.any(rows):
+        return None
+    return float(np.max(k_ratio(table["m"][rows], table["n"][rows], table["k"][rows])))
+
+
 def _row_mask(table: Table, rows) -> np.ndarray:
     rows = np.ones(len(table), dtype=bool) if rows is None else np.asarray(rows)
     if rows.dtype != bool:
@@ -387,6 +398,7 @@ def fit(
         device=training_device(table.subset(tgt_usable)),
         static_ranking=rank_static_configs(table, target_rows),
         time_floor_ms=float(np.min(table["time_ms"][tgt_usable])),
+        k_ratio_max=training_k_ratio_max(table, tgt_usable & tri),
         n_rows=int(usable.sum()),
         n_groups=len(np.unique(table.group_id[rows])),
         params={

@@ -178,6 +178,9 @@ def validate(meta: object, where: str) -> dict:
     floor = meta.get("time_floor_ms")
     if floor is not None and not (_is_number(floor) and floor >= 0):
         raise _fail(where, "time_floor_ms", "a finite number >= 0 (or absent)", floor)
+    kmax = meta.get("k_ratio_max")
+    if kmax is not None and not _is_number(kmax):
+        raise _fail(where, "k_ratio_max", "a finite number (or absent: no K guard)", kmax)
     if "baseline_static_ranking" in meta and meta["baseline_static_ranking"] is not None:
         _string_list(meta, "baseline_static_ranking", where, non_empty=False)
     return meta

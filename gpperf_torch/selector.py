@@ -23,7 +23,7 @@ import torch
 
 from . import env, kernels
 from .device import KNOWN_DEVICES, DeviceInfo, device_for
-from .dispatch import Decision, decide, padded_work, policy_for, unaligned_transposed
+from .dispatch import Decision, decide, k_ratio, padded_work, policy_for, unaligned_transposed
 from .errors import ModelError
 from .features import config_matrix
 from .kernels import TileConfig
@@ -441,8 +441,10 @@ def rank_with_decision(st: _State, key: tuple) -> tuple[list[tuple[TileConfig | 
     if obj.name == "time":
         t = preds["time_ms"]  # predict_trees has already lifted the shape to the model's time floor
         work = padded_work(m * batch, n, k, matrix)
+        kmax = st.model.meta.get("k_ratio_max") if st.model is not None else None
         decision = decide(t, is_torch, st.policy, log_dev=dev, work=work,
-                          unaligned=bool(unaligned_transposed(m, n, k, a_t, b_t)))  # fmt: skip
+                          unaligned=bool(unaligned_transposed(m, n, k, a_t, b_t)),
+                          k_ratio=float(k_ratio(m * batch, n, k)), k_ratio_max=kmax)  # fmt: skip
         # The choice first; when that is torch.matmul, the Triton pick it was weighed against next.
         head = [decision.index]
         if decision.triton_index is not None and decision.triton_index != decision.index:
@@ -592,6 +594,8 @@ def explain(
                     predicted_gain_vs_torch=math.exp(decision.gain),
                     gain_sd_log=decision.gain_sd,
                 )
+            if decision is not None and decision.guard:
+                row["guard"] = decision.guard
             row["policy"] = {**st.policy.as_dict(), "host_source": st.policy.host_source}
         out.append(row)
     return out

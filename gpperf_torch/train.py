@@ -24,10 +24,8 @@ from .dispatch import NO_HOST_COST, Policy
 from .errors import UserError
 from .evaluation import (  # noqa: F401  (re-exported)
     ENERGY_TARGETS,
-    MAX_SEVERE_SHARE,
     MAX_SLOWER_SHARE,
     MIN_ENERGY_CONFIGS,
-    MIN_SPEEDUP,
     SLOWER_THRESHOLD,
     calibrate_sources,
     calibrate_z,
@@ -218,13 +216,18 @@ def train_and_export(
     model.dispatch["calibrated_on"] = (
         f"held-out groups of {splits} grouped split(s){' of the ' + target_gpu + ' groups' if target_gpu else ''}:"
         f" the z of the highest geomean speedup over cuBLAS with at most {MAX_SLOWER_SHARE:.0%} of shapes below"
-        f" {SLOWER_THRESHOLD}x and at most {MAX_SEVERE_SHARE:.2%} below {MIN_SPEEDUP}x (evaluation.calibrate_z)"
+        f" {SLOWER_THRESHOLD}x (evaluation.calibrate_z)"
     )
     cal = calibration["calibration"]
     model.dispatch["calibrated_on"] += (
         f"; a z per data file, the largest and at least {cal['z_min']} (evaluation.calibrate_sources)"
         + UNALIGNED_NOTE.format(z=calibration["z_unaligned"])
     )
+    if model.k_ratio_max is not None:
+        model.dispatch["calibrated_on"] += (
+            f"; the K guard (not calibrated): torch.matmul for shapes with log2 K - (log2 M + log2 N)/2 above"
+            f" k_ratio_max = {model.k_ratio_max:.3f}, the K-heaviest training shape's (dispatch.beyond_k_range)"
+        )
     model.dispatch["calibration"] = {
         name: {"z": c["z"], "n_shapes": c["n_shapes"], "table": c["table"]} for name, c in cal["per_source"].items()
     }

@@ -56,13 +56,13 @@ def test_unaligned_transposed_operands_need_more_confidence():
     assert got.tolist() == [True, False]
     t, is_torch = np.array([1.0, 1.3]), np.array([False, True])
     dev = np.zeros((2, 32))
-    dev[0, :16], dev[0, 16:] = 0.15, -0.15  # gain log(1.3) = 0.26, sd 0.15: confident at z = 1, not at 2.5
+    dev[0, :16], dev[0, 16:] = 0.15, -0.15  # gain log(1.3) = 0.26, sd 0.15: confident at z = 1, not at 3.5
     assert not decide(t, is_torch, KERNEL, log_dev=dev).to_extern
     d = decide(t, is_torch, KERNEL, log_dev=dev, unaligned=True)
-    assert d.to_extern and "z raised to 2.5" in d.reason
+    assert d.to_extern and f"z raised to {dispatch.DEFAULT_Z_UNALIGNED:g}" in d.reason
     assert Policy.from_meta({"dispatch": {"z": 1.0}}).z_unaligned == dispatch.DEFAULT_Z_UNALIGNED
     assert Policy.from_meta({"dispatch": {"z": 1.0, "z_unaligned": 4}}).z_for(True) == 4.0
-    assert Policy(z=3.0).z_for(True) == 3.0 and Policy(z=3.0).z_for(False) == 3.0
+    assert Policy(z=4.0).z_for(True) == 4.0 and Policy(z=4.0).z_for(False) == 4.0  # z above the floor: z
 
 
 def test_ties_go_to_the_least_padded_work():
@@ -114,3 +114,25 @@ def test_floor_scale():
     assert dispatch.floor_scale(np.array([0.001, 0.002]), 0.004) == pytest.approx(4.0)
     assert dispatch.floor_scale(np.array([0.01, np.inf]), 0.004) == 1.0
     assert dispatch.floor_scale(np.array([0.001]), None) == 1.0
+
+
+def test_k_ratio_and_the_k_guard():
+    # log2 K - (log2 M + log2 N) / 2: a 256x128x32768 weight gradient is 7.5 powers of two K-heavy
+    assert dispatch.k_ratio(256, 128, 32768) == pytest.approx(15 - 7.5)
+    assert dispatch.k_ratio(4096, 4096, 4096) == 0.0
+    assert dispatch.k_ratio(np.array([1, 4]), 4, 16).tolist() == pytest.approx([3.0, 2.0])
+    assert dispatch.beyond_k_range(7.5, 5.0) and not dispatch.beyond_k_range(5.0, 5.0)
+    assert not dispatch.beyond_k_range(7.5, None) and not dispatch.beyond_k_range(None, 5.0)
+    t, is_torch = np.array([1.0, 3.0]), np.array([False, True])  # the trees agree on a 3x gain ...
+    sure = decide(t, is_torch, KERNEL, log_dev=_dev(2, 0.01))
+    assert not sure.to_extern and sure.guard == ""
+    within = decide(t, is_torch, KERNEL, log_dev=_dev(2, 0.01), k_ratio=5.0, k_ratio_max=5.47)
+    assert not within.to_extern and within.guard == ""
+    # ... but no training shape was so K-heavy: torch.matmul, and explain says why, with the numbers
+    d = decide(t, is_torch, KERNEL, log_dev=_dev(2, 0.01), k_ratio=7.5, k_ratio_max=5.47)
+    assert d.to_extern and d.guard == "k_range" and d.triton_index == 0
+    assert "K is heavier than in every training shape" in d.reason and "7.50 > 5.47" in d.reason
+    assert d.gain == pytest.approx(math.log(3.0), abs=0.02)  # the prediction is still reported
+    # the guard holds for any z, the point estimate too; without a recorded range there is no guard
+    assert decide(t, is_torch, Policy(z=0.0, host_ms=dict(NO_HOST_COST)), k_ratio=7.5, k_ratio_max=5.47).to_extern
+    assert not decide(t, is_torch, KERNEL, log_dev=_dev(2, 0.01), k_ratio=7.5, k_ratio_max=None).to_extern

@@ -108,6 +108,8 @@ CASES = [
     ("time_floor_ms", "0.1", "time_floor_ms"),
     ("time_floor_ms", -1, "time_floor_ms"),
     ("time_floor_ms", [], "time_floor_ms"),
+    ("k_ratio_max", "5.5", "k_ratio_max"),
+    ("k_ratio_max", float("nan"), "k_ratio_max"),
     ("baseline_static_ranking", "x", "baseline_static_ranking"),
     ("baseline_static_ranking", [1], "baseline_static_ranking[0]"),
 ]
@@ -129,7 +131,8 @@ def test_a_root_that_is_not_an_object(root):
 
 def test_the_shipped_sidecars_are_valid():
     model_meta.validate(copy.deepcopy(META), WHERE)
-    for extra in ({"time_floor_ms": None}, {"time_floor_ms": 0}, {"provenance": 5, "metrics": []}):
+    for extra in ({"time_floor_ms": None}, {"time_floor_ms": 0}, {"provenance": 5, "metrics": []},
+                  {"k_ratio_max": None}, {"k_ratio_max": -2.5}):  # fmt: skip
         model_meta.validate({**META, **extra}, WHERE)  # fields the run time does not read may hold anything
 
 

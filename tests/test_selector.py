@@ -247,3 +247,19 @@ def test_explain_shows_spread_host_cost_and_why(fresh, model_dirs):
     assert first["policy"]["host_source"] == "none" and first["policy"]["z"] >= 0
     for r in rows:
         assert r["time_sd_log"] >= 0 and r["host_ms"] == 0.0 and r["time_ms"] > 0
+
+
+def test_k_guard_sends_shapes_k_heavier_than_the_training_data_to_torch(fresh, model_dirs):
+    """The model records its training shapes' K range (k_ratio_max); the selector, explain and the op send a
+    shape beyond it to torch.matmul whatever the trees predict, and explain says why with both numbers."""
+    meta = json.loads((model_dirs["time"] / "model.json").read_text())
+    kmax = meta["k_ratio_max"]
+    assert isinstance(kmax, float)
+    st = _st(model_dirs["time"])
+    k = 64 * 2 ** math.ceil(kmax + 1)  # 64 x 64 x k: log2 k - 6 > kmax
+    assert selector.rank(st, _key(64, 64, k))[0][0] is None
+    rows = gp.explain(64, 64, k, b_trans=True, device="cpu")
+    assert rows[0]["backend"] == "torch" and rows[0]["guard"] == "k_range"
+    assert "K is heavier than in every training shape" in rows[0]["why"] and f"{kmax:.2f}" in rows[0]["why"]
+    inside = gp.explain(1024, 1024, 1024, b_trans=True, device="cpu")[0]
+    assert "guard" not in inside and inside["config"] == FAST.key
