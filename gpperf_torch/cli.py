@@ -21,7 +21,7 @@ SUBCOMMAND_MODULES = (
     "gpperf_torch.tune",  # tune
     "gpperf_torch.train",  # train, eval
     "gpperf_torch.report",  # report
-    "gpperf_torch.selector",  # select
+    "gpperf_torch.select_cli",  # select
     "gpperf_torch.kernel_inspect",  # inspect
 )
 

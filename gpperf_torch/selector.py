@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import json
 import logging
 import math
 import os
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ import numpy as np
 import torch
 
 from . import env, kernels
+from .analytic import ANALYTIC_PARAMS, analytic_estimate, analytic_time_ms  # noqa: F401 (re-exported)
 from .device import KNOWN_DEVICES, DeviceInfo, device_for
 from .dispatch import Decision, decide, k_ratio, padded_work, policy_for, unaligned_transposed
 from .errors import ModelError
@@ -490,58 +489,6 @@ def _order(obj: Objective, preds: dict[str, np.ndarray], info: DeviceInfo) -> np
     return np.argsort(score, kind="stable")
 
 
-# ---- the analytic fallback rule --------------------------------------------------------------------------
-# Parameters of the analytic rule; calibrated by benchmarks/calibrate_analytic.py on the public data (see there).
-ANALYTIC_PARAMS = {
-    "ref_tile": 128 * 128,  # tiles smaller than this leave tensor cores idle ...
-    "tile_exp": 0.5,  # ... with efficiency (tile / ref_tile) ** tile_exp
-    "warp_exp": 0.25,  # fewer than 4 warps: (warps / 4) ** warp_exp
-    "tile_overhead_s": 2e-6,  # fixed cost per tile (prologue, epilogue, scheduling)
-    "l2_factor": 4.0,  # operand traffic per SM served from L2 at this multiple of DRAM bandwidth
-    "stage_bonus": 0.01,  # deeper pipelines hide latency: 1% per stage (up to 4)
-}
-
-
-def analytic_estimate(m, n, k, elem_size, bm, bn, bk, sk, warps, stages, info: DeviceInfo, params=None):
-    """Vectorized roofline estimate (ms): waves of tiles x the slower of a tile's math and its operand traffic.
-
-    Arguments broadcast (numpy arrays over configs and/or problems). Captures what decides most choices: wave
-    quantization over the SMs, padding waste at the edges, per-tile arithmetic intensity (bigger tiles reuse
-    operands more) and split-K for long-K small-output shapes.
-    """
-    p = ANALYTIC_PARAMS if params is None else {**ANALYTIC_PARAMS, **params}
-    es = np.asarray(elem_size, dtype=np.float64)
-    # Peak dense rate per SM (FLOP/cycle): Hopper / Ampere tensor cores; fp32 (TF32 or not) at a quarter.
-    flop_per_cycle = (2048.0 if info.capability[0] >= 9 else 1024.0) * np.where(es == 4, 0.25, 1.0)
-    sm_rate = flop_per_cycle * info.sm_clock_mhz * 1e6
-    bw_per_sm = info.mem_bandwidth_gbs * 1e9 / info.sm_count * p["l2_factor"]
-    k_steps = np.ceil(k / bk)
-    ksplit = np.ceil(k_steps / sk) * bk
-    work_items = np.ceil(m / bm) * np.ceil(n / bn) * np.minimum(sk, k_steps)
-    waves = np.ceil(work_items / info.sm_count)
-    eff = np.minimum(1.0, bm * bn / p["ref_tile"]) ** p["tile_exp"] * np.minimum(1.0, warps / 4) ** p["warp_exp"]
-    math_s = 2.0 * bm * bn * ksplit / (sm_rate * np.maximum(eff, 0.05))
-    mem_s = (bm + bn) * ksplit * es / bw_per_sm
-    tile_s = np.maximum(math_s, mem_s) + p["tile_overhead_s"]
-    reduce_s = np.where(sk > 1, 2 * m * n * 4 * sk / (info.mem_bandwidth_gbs * 1e9) + 4e-6, 0.0)
-    return (waves * tile_s + reduce_s) * 1e3 * (1 - p["stage_bonus"] * np.minimum(stages, 4))
-
-
-def analytic_time_ms(
-    m: int, n: int, k: int, dtype: str, cands: list[TileConfig | None], info: DeviceInfo
-) -> np.ndarray:
-    """The analytic estimate per candidate. torch.matmul is not estimated (infinite): without a model there is
-    nothing to compare cuBLAS with."""
-    triton = [c for c in cands if c is not None]
-    out = np.full(len(cands), np.inf)
-    if triton:
-        c = np.array([(x.block_m, x.block_n, x.block_k, x.split_k, x.num_warps, x.num_stages) for x in triton],
-                     dtype=np.float64).T  # fmt: skip
-        est = analytic_estimate(m, n, k, kernels.elem_size(dtype), *c, info)
-        out[[i for i, x in enumerate(cands) if x is not None]] = est
-    return out
-
-
 # ---- explain -----------------------------------------------------------------------------------------
 def explain(
     m: int,
@@ -609,86 +556,3 @@ def flush_caches() -> None:
 import atexit  # noqa: E402
 
 atexit.register(flush_caches)
-
-
-# ---- command line: gpperf-torch select -----------------------------------------------------------------
-_DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
-
-
-def add_cli(sub) -> None:
-    from .argtypes import non_negative_int, positive_int
-
-    p = sub.add_parser("select", help="rank the candidate configs for one GEMM shape (works without a GPU)")
-    p.add_argument("m", type=positive_int)
-    p.add_argument("n", type=positive_int)
-    p.add_argument("k", type=positive_int)
-    p.add_argument("--dtype", default="float16", help="float16|bfloat16|float32 (fp16, bf16, fp32)")
-    p.add_argument("--objective", default=None, help="time | energy | edp | balanced[:slack] | power_cap:<W>")
-    p.add_argument(
-        "--gpu", default=None, help="use this GPU's shipped model (h100, a100, ...) instead of the local GPU"
-    )
-    p.add_argument("--model", default=None, help="model directory (model.onnx + model.json) to use")
-    p.add_argument("--a-trans", action="store_true", help="A is a transposed view")
-    p.add_argument("--b-trans", action="store_true", help="B is a transposed view (as in Linear: x @ W^T)")
-    p.add_argument("--top", type=non_negative_int, default=10, help="rows to print (0: all)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=_cli_select)
-
-
-def _cli_select(args) -> int:
-    dtype = _DTYPE_ALIASES.get(args.dtype, args.dtype)
-    try:
-        if args.model:
-            info = (
-                device_for(gpu=args.gpu)
-                if args.gpu
-                else (device_for() if torch.cuda.is_available() else device_for(gpu="h100"))
-            )
-            with _lock:
-                _states[info.name] = _State(info, args.model)
-            gpu = info.short_name if (args.gpu or not torch.cuda.is_available()) else None
-        else:
-            gpu = args.gpu
-            if gpu is None and not torch.cuda.is_available():
-                print("no GPU here: pass --gpu NAME (e.g. --gpu h100) to use that GPU's shipped model", file=sys.stderr)
-                return 2
-        rows = explain(
-            args.m,
-            args.n,
-            args.k,
-            dtype=dtype,
-            a_trans=args.a_trans,
-            b_trans=args.b_trans,
-            objective=args.objective,
-            gpu=gpu,
-        )
-    except (ValueError, ModelError) as e:
-        print(f"gpperf-torch select: {e}", file=sys.stderr)
-        return 2
-    shown = rows if args.top == 0 else rows[: args.top]
-    if args.json:
-        print(json.dumps(shown, indent=1))
-        return 0
-    targets = [t for t in ("time_ms", "power_w", "energy_j") if t in rows[0]]
-    first = rows[0]
-    print(
-        f"{args.m}x{args.n}x{args.k} {dtype} a_trans={int(args.a_trans)} b_trans={int(args.b_trans)} "
-        f"objective={first['objective']} on {first['device']} (model: {first['model']})"
-    )
-    head = f"{'rank':>4}  {'config':<26}" + "".join(f"{t:>12}" for t in targets) + f"{'+-(1 sd)':>10}{'host_ms':>9}"
-    print(head)
-    print("-" * len(head))
-    for r in shown:
-        spread = f"{math.expm1(r['time_sd_log']):>9.1%}"
-        print(
-            f"{r['rank']:>4}  {r['config']:<26}"
-            + "".join(f"{r[t]:>12.5g}" for t in targets)
-            + f" {spread}{r['host_ms']:>9.4f}"
-        )
-    print(f"({len(rows)} candidates; best first)")
-    print(f"why: {first['why']}")
-    if "triton_pick" in first:
-        print(f"Triton pick weighed against torch.matmul: {first['triton_pick']}")
-    pol = first["policy"]
-    print(f"policy: z={pol['z']:g}, host cost per call (ms) {pol['host_ms']} from {pol['host_source']}")
-    return 0

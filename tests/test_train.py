@@ -535,3 +535,13 @@ def test_file_sources(tmp_path):
     n_a, n_b = len(dataset.load_table(a)), len(dataset.load_table(b))
     assert n_a < n_b and src.tolist() == ["a.csv"] * n_a + ["b.csv"] * n_b
     assert train.file_sources([str(a)], dataset.load_table(a)) is None
+
+
+def test_rank_leaf_cap_grows_with_the_data():
+    from gpperf_torch import fitting
+
+    assert fitting.rank_leaf_cap(100) == fitting.DEFAULT_PARAMS["max_leaf_nodes"] == 1500
+    assert fitting.rank_leaf_cap(fitting.LARGE_RANK_ROWS) == 1500  # the H100's ~15k rows: unchanged
+    assert fitting.rank_leaf_cap(30000) == 3000 and fitting.rank_leaf_cap(60000) == fitting.MAX_RANK_LEAVES
+    model = train.fit(synthetic_table(n_shapes=10), seed=0, **SMALL)
+    assert model.params["rel"]["max_leaf_nodes"] == SMALL.get("max_leaf_nodes", 1500)
