@@ -15,6 +15,7 @@ import numpy as np
 
 from .dataset import TORCH_KEY, Table
 from .device import DeviceInfo, short_name_of
+from .dispatch import k_ratio
 from .evaluation import energy_rows, rank_static_configs
 from .features import CONFIG_COLUMNS, FEATURE_NAMES, feature_index, table_device, table_features
 
@@ -293,8 +294,6 @@ def candidate_keys(table: Table, rows: np.ndarray, min_groups: int = MIN_CANDIDA
 def training_k_ratio_max(table: Table, rows: np.ndarray) -> float | None:
     """The largest dispatch.k_ratio (log2 K - (log2 M + log2 N) / 2) among the shapes of `rows` (the target GPU's
     rows with a usable Triton measurement): beyond it the K guard sends a shape to torch.matmul."""
-    from .dispatch import k_ratio
-
     if not np.any(rows):
         return None
     return float(np.max(k_ratio(table["m"][rows], table["n"][rows], table["k"][rows])))

@@ -44,8 +44,7 @@ def _cli_select(args) -> int:
                 if args.gpu
                 else (device_for() if torch.cuda.is_available() else device_for(gpu="h100"))
             )
-            with selector._lock:
-                selector._states[info.name] = selector._State(info, args.model)
+            selector.set_model_for(info, args.model)
             gpu = info.short_name if (args.gpu or not torch.cuda.is_available()) else None
         else:
             gpu = args.gpu

@@ -268,7 +268,11 @@ def _state(dev: torch.device) -> _State:
 def set_model(path: str | None, device: torch.device | str | None = None) -> None:
     """Use the model at `path` (dir with model.onnx + model.json) for `device`; None restores the default."""
     dev = torch.device(device) if device is not None else _default_device()
-    info = _device_info(dev)
+    set_model_for(_device_info(dev), path)
+
+
+def set_model_for(info: DeviceInfo, path: str | None) -> None:
+    """Use the model at `path` for the GPU `info` describes (e.g. a named GPU on a machine without one)."""
     with _lock:
         _states[info.name] = _State(info, path)
         _by_device.clear()
