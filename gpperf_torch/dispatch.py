@@ -53,7 +53,16 @@ DEFAULT_TIE_REL = 0.01  # about twice the public data's measurement noise (media
 # tests. Over 9 family runs (3 folds x 3 forest seeds) the same shape still ran at 0.716x in one run at 2.5 or 3.0
 # (a 1.48x gain predicted, 3.4 sd of the trees above 1): 3.5 removes it, for 0.07% of the H100 random split's
 # geomean and nothing elsewhere (sending these shapes to cuBLAS outright costs 0.2% there).
+# The floor leaves out leading dimensions below UNALIGNED_MIN_LD elements (shorter than the widest tile: the
+# operand is a thin sliver whose narrow loads are a small share of the traffic). The slow shape above, like the
+# other real-model shapes of this class, has a long unaligned dimension (vocabularies of 50265, 30522, 128100
+# rows), while the short ones (2, 4, 43) ran Triton 1.3-1.7x faster than cuBLAS and the floor held them back.
+# Measured on the calibration splits of benchmarks/dispatch_eval.py (both GPUs, seeds 0-2): the unaligned shapes
+# z = 1 would dispatch, leading dimension < 128: 240 dispatches, geomean 1.44x, 1% below 0.97x, none below 0.8x
+# (worst 0.85x); >= 128: 152, geomean 1.27x, 11% below 0.97x, 7% below 0.8x (worst 0.49x). No shape has one
+# between 64 and 1024, so any threshold there splits alike.
 UNALIGNED_ELEMS = 8
+UNALIGNED_MIN_LD = 128
 DEFAULT_Z_UNALIGNED = 3.5
 # The K guard. k_ratio = log2 K - (log2 M + log2 N) / 2: how many times longer the reduction is than the side of
 # the output, in powers of two. Weight gradients of real models (M, N of a few hundred, K of 16k-32k tokens) sit
@@ -121,10 +130,15 @@ def beyond_k_range(ratio: float | None, ratio_max: float | None) -> bool:
 
 def unaligned_transposed(m, n, k, a_trans, b_trans):
     """True (elementwise for arrays) where a transposed operand's leading dimension is not a multiple of
-    UNALIGNED_ELEMS: A transposed (A[m, k] stored k-major) has leading dimension m, B transposed has k."""
+    UNALIGNED_ELEMS and at least UNALIGNED_MIN_LD elements long: A transposed (A[m, k] stored k-major) has leading
+    dimension m, B transposed has k."""
     m, n, k = (np.asarray(x, dtype=np.int64) for x in (m, n, k))
     a_t, b_t = np.asarray(a_trans).astype(bool), np.asarray(b_trans).astype(bool)
-    return (a_t & (m % UNALIGNED_ELEMS != 0)) | (b_t & (k % UNALIGNED_ELEMS != 0))
+
+    def bad(ld):
+        return (ld % UNALIGNED_ELEMS != 0) & (ld >= UNALIGNED_MIN_LD)
+
+    return (a_t & bad(m)) | (b_t & bad(k))
 
 
 @dataclass
@@ -304,6 +318,7 @@ __all__ = [
     "DEFAULT_HOST_MS",
     "Decision",
     "Policy",
+    "UNALIGNED_MIN_LD",
     "beyond_k_range",
     "decide",
     "host_cost_path",

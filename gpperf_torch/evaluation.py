@@ -169,10 +169,11 @@ def _dispatch_group(g: _Group, finite: np.ndarray, pt, dev, work_all, policy, do
 def dispatch_samples(
     predictor, table: Table, *, device_lookup=None, policy=None, host_cost: bool = False
 ) -> np.ndarray:
-    """(n_groups, 4) per group with a cuBLAS time: predicted log gain of the Triton pick over torch (host costs
+    """(n_groups, 5) per group with a cuBLAS time: predicted log gain of the Triton pick over torch (host costs
     included) and its spread over the trees, the measured speedup of that pick over torch, and of the best Triton
-    config. What calibrate_z needs to evaluate any confidence z without predicting again. A shape the K guard
-    sends to torch.matmul (dispatch.beyond_k_range) has gain -inf: no z dispatches it."""
+    config, and 1.0 where a transposed operand is unaligned (dispatch.unaligned_transposed, 0.0 elsewhere). What
+    calibrate_z needs to evaluate any confidence z without predicting again. A shape the K guard sends to
+    torch.matmul (dispatch.beyond_k_range) has gain -inf: no z dispatches it."""
     policy = _policy_of(predictor, policy, host_cost)
     X = table_features(table, device_lookup)
     pred, dev = _spread(predictor, X)
@@ -186,8 +187,9 @@ def dispatch_samples(
         d, _ = _dispatch_group(g, finite, pt, dev, work_all, policy, domain)
         pick_time = g.triton_time[finite][d.triton_index]
         gain = -math.inf if d.guard else d.gain
-        out.append((gain, d.gain_sd, g.torch_time / pick_time, g.torch_time / g.triton_time[finite].min()))
-    return np.asarray(out, dtype=np.float64).reshape(-1, 4)
+        best = g.torch_time / g.triton_time[finite].min()
+        out.append((gain, d.gain_sd, g.torch_time / pick_time, best, float(g.unaligned)))
+    return np.asarray(out, dtype=np.float64).reshape(-1, 5)
 
 
 def dispatch_metrics(speedups: np.ndarray, to_extern: np.ndarray) -> dict:
@@ -206,9 +208,16 @@ def dispatch_metrics(speedups: np.ndarray, to_extern: np.ndarray) -> dict:
 SLOWER_THRESHOLD = 0.97
 
 
-def speedups_at(samples: np.ndarray, z: float, margin: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """(speedup, to_extern) per sample row of dispatch_samples under confidence z."""
-    go = samples[:, 0] - z * samples[:, 1] > margin
+def speedups_at(
+    samples: np.ndarray, z: float, margin: float = 0.0, z_unaligned: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(speedup, to_extern) per sample row of dispatch_samples under confidence z, and at least z_unaligned on the
+    rows flagged unaligned (column 4, where present): Policy.z_for. Calibration leaves z_unaligned at 0: the floor
+    is a separate rule, set on top of the calibrated z."""
+    zz = np.full(len(samples), float(z))
+    if samples.shape[1] > 4 and z_unaligned > z:
+        zz[samples[:, 4] > 0] = z_unaligned
+    go = samples[:, 0] - zz * samples[:, 1] > margin
     return np.where(go, samples[:, 2], 1.0), ~go
 
 

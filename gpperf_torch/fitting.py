@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 TARGETS = ("time_ms", "power_w", "energy_j")
 
 # Forest size: the leaf cap bounds the ONNX file (~38 B per node) whatever the data size, so that a model stays
-# a few MiB (H100 7 MiB, A100 13 MiB with its larger rank forest, below) and loads in well under 0.5 s; on H100
+# tens of MiB at most (H100 7 MiB, A100 22 MiB with its larger rank forest, below) and loads in under 0.5 s; on H100
 # held-out regret is within noise of 48 uncapped trees (docs/predictor.md).
 DEFAULT_PARAMS = {
     "n_estimators": 32,
@@ -34,15 +34,17 @@ DEFAULT_PARAMS = {
     "max_samples": None,
 }
 # The rank forest's leaf cap grows with its data beyond LARGE_RANK_ROWS rows: one leaf per RANK_ROWS_PER_LEAF rows,
-# at most MAX_RANK_LEAVES. At 1500 leaves the A100's ~42k rank rows (70% of the public A100 data) were under-fitted:
+# at most MAX_RANK_LEAVES. At 1500 leaves the A100's ~42k-60k rank rows (the public A100 data) were under-fitted:
 # with 4000, held-out regret fell from 1.0327 to 1.0220 on whole HF families held out and from 1.0198 to 1.0139 on
 # the random split (seeds 0-2); dispatch on new families 1.0162 -> 1.0169, on the random split 1.0066 -> 1.0087,
-# trained on random shapes and evaluated on HF ones 1.0051 -> 1.0140 (1.7% -> 0.4% of shapes below 0.97x), for
-# twice the file (docs/predictor.md).
+# trained on random shapes and evaluated on HF ones 1.0051 -> 1.0140 (1.7% -> 0.4% of shapes below 0.97x).
+# With 8000 (benchmarks/variant_frontier.py, seeds 0-5, z = 1): regret 1.0224 -> 1.0205 (families), 1.0137 ->
+# 1.0114 (random split), 1.0665 -> 1.0647 (random -> HF), dispatch 1.0169 -> 1.0173, 1.0089 -> 1.0100, 1.0140 ->
+# 1.0144; 16000 adds nothing (1.0202 / 1.0112 / 1.0664). The file grows with the leaves (docs/predictor.md).
 # The H100's ~15k rows keep 1500 (4000 there: family 1.0414 -> 1.0387, within noise).
 LARGE_RANK_ROWS = 20000
-RANK_ROWS_PER_LEAF = 10
-MAX_RANK_LEAVES = 4000
+RANK_ROWS_PER_LEAF = 5
+MAX_RANK_LEAVES = 8000
 # A candidate must have been measured (ok) in at least this many training groups: configs seen a handful of
 # times are extrapolations, and the selector only chooses among configs the model has learned.
 MIN_CANDIDATE_GROUPS = 3
@@ -279,13 +281,15 @@ def training_device(table: Table) -> DeviceInfo:
 
 
 def candidate_keys(table: Table, rows: np.ndarray, min_groups: int = MIN_CANDIDATE_GROUPS) -> list[str]:
-    """Triton configs measured ok in >= min_groups groups of `rows` (most common first), then "torch"."""
+    """Triton configs measured ok in >= min_groups groups of `rows` (most common first, ties by key: the order
+    must not depend on the process's string hashing, or a retrained model's candidate list, and so the order its
+    exact ties fall in, would change from run to run), then "torch"."""
     sel = rows & (table["backend"] == "triton")
     pairs = set(zip(table["config"][sel].tolist(), table.group_id[sel].tolist(), strict=True))
     counts: dict[str, int] = {}
     for key, _ in pairs:
         counts[key] = counts.get(key, 0) + 1
-    keys = sorted((k for k, c in counts.items() if c >= min(min_groups, table.n_groups)), key=lambda k: -counts[k])
+    keys = sorted((k for k, c in counts.items() if c >= min(min_groups, table.n_groups)), key=lambda k: (-counts[k], k))
     if np.any(rows & (table["backend"] == TORCH_KEY)):
         keys.append(TORCH_KEY)
     return keys

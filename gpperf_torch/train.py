@@ -20,7 +20,7 @@ from . import dataset
 from .argtypes import check_output_dir, int_at_least, open_fraction, positive_int
 from .dataset import Table
 from .device import short_name_of
-from .dispatch import NO_HOST_COST, Policy
+from .dispatch import NO_HOST_COST, UNALIGNED_ELEMS, UNALIGNED_MIN_LD, Policy
 from .errors import UserError
 from .evaluation import (  # noqa: F401  (re-exported)
     ENERGY_TARGETS,
@@ -113,8 +113,9 @@ def _split_within(table: Table, rows: np.ndarray | None, test_frac: float, seed:
 # Recorded in the model's `dispatch.calibrated_on`: the floor is a constant of dispatch.py, not calibrated here.
 UNALIGNED_NOTE = (
     "; z at least {z:g} (z_unaligned, not calibrated: dispatch.DEFAULT_Z_UNALIGNED) for shapes whose transposed"
-    " operand has a leading dimension that is not a multiple of 8, chosen on the family-level test of"
-    " benchmarks/dispatch_eval.py (docs/predictor.md)"
+    " operand has a leading dimension that is not a multiple of {elems} and at least {min_ld} long"
+    " (dispatch.unaligned_transposed), chosen on the family-level test of benchmarks/dispatch_eval.py"
+    " (docs/predictor.md)"
 )
 
 
@@ -221,7 +222,7 @@ def train_and_export(
     cal = calibration["calibration"]
     model.dispatch["calibrated_on"] += (
         f"; a z per data file, the largest and at least {cal['z_min']} (evaluation.calibrate_sources)"
-        + UNALIGNED_NOTE.format(z=calibration["z_unaligned"])
+        + UNALIGNED_NOTE.format(z=calibration["z_unaligned"], elems=UNALIGNED_ELEMS, min_ld=UNALIGNED_MIN_LD)
     )
     if model.k_ratio_max is not None:
         model.dispatch["calibrated_on"] += (

@@ -47,11 +47,17 @@ def test_host_cost_sends_microsecond_gemms_to_torch():
 
 
 def test_unaligned_transposed_operands_need_more_confidence():
-    # A transposed: its leading dimension is m; B transposed: k. Only those, and only when not a multiple of 8.
+    # A transposed: its leading dimension is m; B transposed: k. Only those, when not a multiple of 8 and >= 128.
     assert dispatch.unaligned_transposed(50265, 512, 8192, True, False)
     assert not dispatch.unaligned_transposed(50265, 512, 8192, False, False)  # A row-major: ld = k, aligned
     assert not dispatch.unaligned_transposed(50264, 512, 8192, True, False)
-    assert dispatch.unaligned_transposed(64, 64, 100, False, True)
+    assert dispatch.unaligned_transposed(64, 64, 1001, False, True)
+    # a short unaligned leading dimension (a thin operand) keeps the plain z: 2x1536x512 with A transposed ran
+    # Triton 1.7x faster than cuBLAS, 5376x5376x43 with B transposed 1.27x
+    assert not dispatch.unaligned_transposed(2, 1536, 512, True, False)
+    assert not dispatch.unaligned_transposed(5376, 5376, 43, False, True)
+    assert not dispatch.unaligned_transposed(64, 64, 100, False, True)
+    assert dispatch.unaligned_transposed(dispatch.UNALIGNED_MIN_LD + 1, 64, 64, True, False)
     got = dispatch.unaligned_transposed(np.array([50265, 50264]), 512, 8192, np.array([1, 1]), 0)
     assert got.tolist() == [True, False]
     t, is_torch = np.array([1.0, 1.3]), np.array([False, True])

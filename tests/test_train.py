@@ -495,6 +495,21 @@ def test_calibrate_z_takes_the_best_safe_confidence():
     assert s_.tolist() == [1.0] and ext.tolist() == [True]
 
 
+def test_speedups_at_applies_the_unaligned_floor_like_the_policy():
+    from gpperf_torch.dispatch import Policy
+
+    # gain 0.2 with sd 0.1: dispatched at z = 1 (0.1 > 0), not at z = 3.5 (-0.15); column 4 flags unaligned
+    samples = np.array([[0.2, 0.1, 1.2, 1.3, 0.0], [0.2, 0.1, 1.2, 1.3, 1.0]])
+    s, ext = evaluation.speedups_at(samples, 1.0, z_unaligned=3.5)
+    assert s.tolist() == [1.2, 1.0] and ext.tolist() == [False, True]
+    policy = Policy(z=1.0, z_unaligned=3.5)
+    assert [0.2 - policy.z_for(bool(u)) * 0.1 > 0 for u in samples[:, 4]] == (~ext).tolist()
+    s, ext = evaluation.speedups_at(samples, 1.0)  # calibration: no floor
+    assert not ext.any()
+    s, ext = evaluation.speedups_at(samples[:, :4], 1.0, z_unaligned=3.5)  # 4 columns: no flag, no floor
+    assert not ext.any()
+
+
 def test_fit_records_the_k_range_and_eval_guards_beyond_it():
     from gpperf_torch.dispatch import NO_HOST_COST, Policy, k_ratio
 
@@ -512,6 +527,7 @@ def test_fit_records_the_k_range_and_eval_guards_beyond_it():
     assert m["speedup_vs_extern_geomean"] == 1.0
     samples = evaluation.dispatch_samples(model, t.subset(te), policy=policy)
     assert np.all(np.isneginf(samples[:, 0]))
+    assert samples.shape[1] == 5 and set(np.unique(samples[:, 4])) <= {0.0, 1.0}
 
 
 def test_held_out_metrics_calibrate_dispatch_and_combine_min():
@@ -542,6 +558,33 @@ def test_rank_leaf_cap_grows_with_the_data():
 
     assert fitting.rank_leaf_cap(100) == fitting.DEFAULT_PARAMS["max_leaf_nodes"] == 1500
     assert fitting.rank_leaf_cap(fitting.LARGE_RANK_ROWS) == 1500  # the H100's ~15k rows: unchanged
-    assert fitting.rank_leaf_cap(30000) == 3000 and fitting.rank_leaf_cap(60000) == fitting.MAX_RANK_LEAVES
+    assert fitting.rank_leaf_cap(30000) == 6000 and fitting.rank_leaf_cap(60000) == fitting.MAX_RANK_LEAVES == 8000
     model = train.fit(synthetic_table(n_shapes=10), seed=0, **SMALL)
     assert model.params["rel"]["max_leaf_nodes"] == SMALL.get("max_leaf_nodes", 1500)
+
+
+def test_candidate_order_is_deterministic_across_processes():
+    """Ties in how often a config was measured go by key, not by set order (string hashing varies per process):
+    a retrained model lists its candidates in the same order every time."""
+    import subprocess
+    import sys
+
+    from gpperf_torch.fitting import candidate_keys
+
+    t = synthetic_table(n_shapes=12)
+    rows = np.ones(len(t), dtype=bool)
+    keys = candidate_keys(t, rows)
+    counts = {k: len(set(t.group_id[(t["config"] == k) & (t["backend"] == "triton")].tolist())) for k in keys[:-1]}
+    assert [counts[k] for k in keys[:-1]] == sorted(counts.values(), reverse=True)
+    for a, b in zip(keys[:-2], keys[1:-1], strict=True):
+        assert counts[a] > counts[b] or a < b  # ties in key order
+    code = (
+        "import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import test_train as tt; "
+        "from gpperf_torch.fitting import candidate_keys; t = tt.synthetic_table(n_shapes=12); "
+        "print(','.join(candidate_keys(t, np.ones(len(t), dtype=bool))))"
+    )
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent)], env=env, check=True,
+                             capture_output=True, text=True).stdout.strip()  # fmt: skip
+        assert out.split(",") == keys
