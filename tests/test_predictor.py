@@ -113,7 +113,9 @@ def test_shipped_models(name):
     p = Predictor.load(path)
     load_s = time.perf_counter() - t0
     assert load_s < 0.5, f"{name} loads in {load_s:.2f} s"
-    assert path.stat().st_size < 16 * 2**20
+    # The A100's 8000-leaf rank forest is 22 MiB (fitting.MAX_RANK_LEAVES). The bound keeps both shipped models
+    # well inside the 64 MiB working tree that travels to a lent GPU machine with `make gpu-check`.
+    assert path.stat().st_size < 24 * 2**20
     assert p.device.short_name == name
     assert "held_out" in p.meta["metrics"] and p.meta["provenance"]
     cfgs = p.candidates[:30]
