@@ -134,11 +134,9 @@ def unaligned_transposed(m, n, k, a_trans, b_trans):
     dimension m, B transposed has k."""
     m, n, k = (np.asarray(x, dtype=np.int64) for x in (m, n, k))
     a_t, b_t = np.asarray(a_trans).astype(bool), np.asarray(b_trans).astype(bool)
-
-    def bad(ld):
-        return (ld % UNALIGNED_ELEMS != 0) & (ld >= UNALIGNED_MIN_LD)
-
-    return (a_t & bad(m)) | (b_t & bad(k))
+    long_odd_m = (m % UNALIGNED_ELEMS != 0) & (m >= UNALIGNED_MIN_LD)
+    long_odd_k = (k % UNALIGNED_ELEMS != 0) & (k >= UNALIGNED_MIN_LD)
+    return (a_t & long_odd_m) | (b_t & long_odd_k)
 
 
 @dataclass
@@ -240,6 +238,7 @@ def decide(
     if unaligned and z > policy.z and not guard:
         reason += (
             f"; z raised to {z:g}: a transposed operand's leading dimension is not a multiple of {UNALIGNED_ELEMS}"
+            f" (and at least {UNALIGNED_MIN_LD} long)"
         )
     if len(tied) > 1:
         reason += f"; {len(tied)} Triton configs tied within {policy.tie_rel:.0%}: least padded work won"

@@ -214,9 +214,8 @@ def speedups_at(
     """(speedup, to_extern) per sample row of dispatch_samples under confidence z, and at least z_unaligned on the
     rows flagged unaligned (column 4, where present): Policy.z_for. Calibration leaves z_unaligned at 0: the floor
     is a separate rule, set on top of the calibrated z."""
-    zz = np.full(len(samples), float(z))
-    if samples.shape[1] > 4 and z_unaligned > z:
-        zz[samples[:, 4] > 0] = z_unaligned
+    unaligned = samples[:, 4] > 0 if samples.shape[1] > 4 else False
+    zz = np.where(unaligned, max(z, z_unaligned), z)
     go = samples[:, 0] - zz * samples[:, 1] > margin
     return np.where(go, samples[:, 2], 1.0), ~go
 
