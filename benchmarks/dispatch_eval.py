@@ -101,6 +101,26 @@ def split_rows(table, mk: dict, gpu: str, test: str, seed: int) -> tuple[np.ndar
     return test_rows, ~test_rows
 
 
+def load_gpu(data: Path, gpu: str, files: list[str] | None = None):
+    """(table, masks) of one GPU's files (default FILES[gpu]), as every test of this script reads them."""
+    from gpperf_torch import dataset
+
+    paths = [data / f for f in (files or FILES[gpu])]
+    table = dataset.load_table([str(p) for p in paths])
+    return table, _masks(table, gpu, paths)
+
+
+def fits(table, mk: dict, gpu: str, test: str, seeds, jobs: int, **fit_kw):
+    """Per seed of one test: (seed, a model fitted on the training side, the test side's table); one fit each,
+    no inner calibration (benchmarks/variant_frontier.py, verify_frontier.py)."""
+    from gpperf_torch import train
+
+    for seed in seeds:
+        test_rows, train_rows = split_rows(table, mk, gpu, test, seed)
+        model = train.fit(table, rows=train_rows, seed=seed, target_gpu=gpu, n_jobs=jobs, **fit_kw)
+        yield seed, model, table.subset(test_rows)
+
+
 def run_one(table, mk: dict, gpu: str, test: str, seed: int, inner: int, n_jobs: int) -> dict:
     from gpperf_torch import train
     from gpperf_torch.dispatch import NO_HOST_COST, Policy

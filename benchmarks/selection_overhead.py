@@ -28,7 +28,7 @@ import torch
 
 os.environ.setdefault("GPPERF_DISK_CACHE", "0")
 
-from gpperf_torch import kernels, selector  # noqa: E402
+from gpperf_torch import kernels, ranking, selector  # noqa: E402
 from gpperf_torch.device import device_for  # noqa: E402
 
 
@@ -42,8 +42,8 @@ def first_sight(st, n_candidates: int, repeats: int, rng) -> tuple[float, float]
     model_cands = st.model.candidates if st.model else space
     pool = [c for c in model_cands if c is not None] + [c for c in space if c not in model_cands]
     cands = (pool * (n_candidates // max(1, len(pool)) + 1))[:n_candidates]
-    orig = selector._valid_candidates
-    selector._valid_candidates = lambda _st, _dtype, *_launch: cands
+    orig = ranking.valid_candidates
+    ranking.valid_candidates = lambda _st, _dtype, *_launch: cands
     try:
         times = []
         for _ in range(repeats):
@@ -53,7 +53,7 @@ def first_sight(st, n_candidates: int, repeats: int, rng) -> tuple[float, float]
             selector.rank(st, key)[0]
             times.append(time.perf_counter() - t0)
     finally:
-        selector._valid_candidates = orig
+        ranking.valid_candidates = orig
     return _stats(times)
 
 

@@ -90,7 +90,6 @@ def summary_line(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gpperf_torch import dataset, train
     from gpperf_torch.dispatch import NO_HOST_COST, Policy
     from gpperf_torch.evaluation import dispatch_samples
 
@@ -112,15 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     for gpu in args.gpus:
         for spec in args.variants:
             files, kw = parse_variant(spec, gpu)
-            paths = [args.data / f for f in files]
-            table = dataset.load_table([str(p) for p in paths])
-            mk = de._masks(table, gpu, paths)
+            table, mk = de.load_gpu(args.data, gpu, files)
             for test in args.tests:
-                t0, rows = time.perf_counter(), []
-                for seed in args.seeds:
-                    test_rows, train_rows = de.split_rows(table, mk, gpu, test, seed)
-                    model = train.fit(table, rows=train_rows, seed=seed, target_gpu=gpu, n_jobs=args.jobs, **kw)
-                    rows.append(frontier(dispatch_samples(model, table.subset(test_rows), policy=point)))
+                t0 = time.perf_counter()
+                sides = de.fits(table, mk, gpu, test, args.seeds, args.jobs, **kw)
+                rows = [frontier(dispatch_samples(model, side, policy=point)) for _, model, side in sides]
                 print(f"{gpu:5s} {spec:28s} {test:10s} {summary_line(rows)} {time.perf_counter() - t0:3.0f}",
                       flush=True)  # fmt: skip
     return 0

@@ -24,7 +24,9 @@ from .errors import DeviceMismatchError, DtypeError, ModelError, ShapeError
 from .kernels import TileConfig, candidate_space
 from .nn import Linear, patch, record_shapes, recording, unpatch
 from .ops import linear, matmul
-from .selector import explain, mode, objective, set_model
+from .selector import explain, flush, mode, objective, set_model, verify_stats
+from .warmup import format_report as format_warmup
+from .warmup import warmup
 
 __version__ = "0.1.0"
 
@@ -37,6 +39,8 @@ __all__ = [
     "TileConfig",
     "candidate_space",
     "explain",
+    "flush",
+    "format_warmup",
     "kernels",
     "linear",
     "matmul",
@@ -47,6 +51,8 @@ __all__ = [
     "recording",
     "set_model",
     "unpatch",
+    "verify_stats",
+    "warmup",
 ]
 
 

@@ -1,4 +1,4 @@
-"""`gpperf-torch` command line: tune | train | eval | report | select | inspect (and whatever else registers).
+"""`gpperf-torch` command line: tune | train | eval | report | select | inspect | table (and more that register).
 
 Each subcommand lives beside the code it drives: a module in SUBCOMMAND_MODULES exposes
 ``add_cli(subparsers)``, which adds its parser(s) and sets ``func(args) -> int``.
@@ -23,6 +23,7 @@ SUBCOMMAND_MODULES = (
     "gpperf_torch.report",  # report
     "gpperf_torch.select_cli",  # select
     "gpperf_torch.kernel_inspect",  # inspect
+    "gpperf_torch.table_cli",  # table show | merge
 )
 
 EXIT_USER_ERROR = 2

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from . import env
+from .paths import cache_dir, slug
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ DEFAULT_Z_UNALIGNED = 3.5
 # 0.97x from 3.5% to 2.3%. Where the training data holds such shapes it seldom fires (0.4% of the shapes of the
 # family test, 1.1% of the HF split, none of the random split; the family geomean is the same with it and without
 # it). M- or N-heavy guards on the same rule cost 0.5% on the random split and removed no slow shape.
-HOST_COST_FILE = "host_cost-{slug}.json"  # in selector.cache_dir(): written by benchmarks/gpu_check.py
+HOST_COST_FILE = "host_cost-{slug}.json"  # in paths.cache_dir(): written by benchmarks/gpu_check.py
 
 
 @dataclass(frozen=True)
@@ -257,17 +258,9 @@ def floor_scale(time_ms: np.ndarray, floor_ms: float | None) -> float:
 
 
 # ---- host cost measured on this machine ------------------------------------------------------------------
-def _slug(device_name: str) -> str:
-    return "".join(ch if ch.isalnum() else "_" for ch in device_name)
-
-
 def host_cost_path(device_name: str, cache: Path | None = None) -> Path:
     """Where the GPU check stores the measured per-call host cost of `device_name` (a small JSON)."""
-    if cache is None:
-        from .selector import cache_dir
-
-        cache = cache_dir()
-    return Path(cache) / HOST_COST_FILE.format(slug=_slug(device_name))
+    return Path(cache_dir() if cache is None else cache) / HOST_COST_FILE.format(slug=slug(device_name))
 
 
 def write_host_cost(device_name: str, host_ms: dict, *, source: str = "", cache: Path | None = None) -> Path:

@@ -5,11 +5,15 @@ used instead (the explicit API, `gpperf_torch.objective(...)` and `mode(...)`, s
 | variable | meaning | default |
 | --- | --- | --- |
 | GPPERF_OBJECTIVE | time, energy, edp, balanced[:slack], power_cap:<W> | time |
-| GPPERF_MODE | predict, verify, exhaustive (any case) | predict |
+| GPPERF_MODE | auto (verify on a GPU, predict elsewhere), predict, verify, exhaustive (any case) | auto |
 | GPPERF_MODEL | model directory; checked when first used (a ModelError there) | the shipped model |
 | GPPERF_DISK_CACHE | 1/0, on/off, true/false, yes/no (any case) | 1 |
-| GPPERF_CACHE_DIR | where selections are cached | the user cache dir |
-| GPPERF_VERIFY_TOP_K | candidates timed by verify mode, an integer >= 1 | 3 |
+| GPPERF_CACHE_DIR | where selections, verified tables and measurements are kept | the user cache dir |
+| GPPERF_TABLE | a verified table loaded read-only: the process never measures or writes (table.py) | unset |
+| GPPERF_VERIFY_TOP_K | Triton configs timed per shape by verify mode, an integer >= 1 | 3 |
+| GPPERF_VERIFY_BUDGET_MS | GPU time of verify's timed rounds per shape, ms (at least 5 rounds) | 5 |
+| GPPERF_VERIFY_MAX_SHAPES | shapes measured per process; later ones take the prediction | 512 |
+| GPPERF_VERIFY_BUCKETS | M buckets per octave that share a measured choice (0: every M apart) | 8 |
 | GPPERF_HOST_COST | 1/0 (as GPPERF_DISK_CACHE): add the eager per-call host cost in dispatch | 1 |
 """
 
@@ -53,14 +57,22 @@ def parse_bool(raw: str) -> bool:
     raise ValueError(f"expected one of {', '.join(_TRUE + _FALSE)}")
 
 
-def parse_positive_int(raw: str) -> int:
+def parse_int_at_least(raw: str, low: int) -> int:
     try:
         v = int(raw.strip())
     except ValueError:
         raise ValueError("not an integer") from None
-    if v < 1:
-        raise ValueError("must be at least 1")
+    if v < low:
+        raise ValueError(f"must be at least {low}")
     return v
+
+
+def parse_positive_int(raw: str) -> int:
+    return parse_int_at_least(raw, 1)
+
+
+def parse_non_negative_int(raw: str) -> int:
+    return parse_int_at_least(raw, 0)
 
 
 def flag(name: str, default: bool) -> bool:

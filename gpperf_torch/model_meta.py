@@ -21,6 +21,10 @@ from .features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION
 from .kernels.configs import TileConfig
 
 TORCH_KEY = "torch"
+# The model format and its targets: defined here, with the schema that checks them (predictor.py re-exports them).
+MODEL_FORMAT = "gpperf-model"
+MODEL_FORMAT_VERSION = 2  # v2: the graph also outputs the rank forest per tree ("rel_trees")
+KNOWN_TARGETS = ("time_ms", "power_w", "energy_j")
 RETRAIN = "re-export it with `gpperf-torch train`"
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -122,9 +126,6 @@ def feature_difference(theirs: Sequence[str], ours: Sequence[str] = FEATURE_NAME
 
 def validate(meta: object, where: str) -> dict:
     """`meta` (parsed model.json) checked against the schema; ModelError naming `where` and the field."""
-    # The format and the targets are the predictor's to define (imported here: predictor imports this module).
-    from .predictor import KNOWN_TARGETS, MODEL_FORMAT, MODEL_FORMAT_VERSION
-
     if not isinstance(meta, dict):
         raise ModelError(f"{where}: the JSON root must be an object, got a {_kind(meta)}; {RETRAIN}")
     if meta.get("format") != MODEL_FORMAT:

@@ -23,13 +23,10 @@ from . import model_meta
 from .device import DeviceInfo
 from .features import FEATURE_NAMES, config_matrix, shape_features
 from .kernels.configs import TileConfig
+from .model_meta import KNOWN_TARGETS, MODEL_FORMAT, MODEL_FORMAT_VERSION, TORCH_KEY  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
-MODEL_FORMAT = "gpperf-model"
-MODEL_FORMAT_VERSION = 2  # v2: the graph also outputs the rank forest per tree ("rel_trees")
-TORCH_KEY = "torch"  # the candidate key of torch.matmul (cuBLAS)
-KNOWN_TARGETS = ("time_ms", "power_w", "energy_j")
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
 

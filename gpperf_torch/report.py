@@ -180,8 +180,9 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
     from . import dataset, kernels
     from .argtypes import check_output_dir
     from .device import short_name_of
+    from .objectives import parse_objective
     from .predictor import load_cli_model
-    from .selector import _order, parse_objective
+    from .ranking import order_by_objective as _order
 
     check_output_dir(args.out)  # an existing file named by --out: one line, before any work, the file untouched
     if args.pareto is None:

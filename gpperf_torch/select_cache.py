@@ -18,6 +18,7 @@ from pathlib import Path
 from . import env
 from .device import DeviceInfo
 from .kernels import TileConfig
+from .paths import cache_dir, slug
 
 logger = logging.getLogger(__name__)
 _warned: set[str] = set()
@@ -28,18 +29,6 @@ def _warn_once(key: str, msg: str, *args) -> None:
     if key not in _warned:
         _warned.add(key)
         logger.warning(msg, *args)
-
-
-def cache_dir() -> Path:
-    env = os.environ.get("GPPERF_CACHE_DIR")
-    if env:
-        return Path(env)
-    try:
-        from platformdirs import user_cache_dir
-
-        return Path(user_cache_dir("gpperf-torch", appauthor=False))
-    except ImportError:  # platformdirs missing (e.g. a bare GPU image): the XDG default
-        return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gpperf-torch"
 
 
 def cache_token(meta: dict | None, analytic: dict | None = None, policy: dict | None = None) -> str:
@@ -115,8 +104,7 @@ class DiskCache:
     FLUSH_SECONDS = 5.0
 
     def __init__(self, info: DeviceInfo, token: str):
-        slug = "".join(ch if ch.isalnum() else "_" for ch in info.name)
-        self.path = cache_dir() / f"select-{slug}-{token[:16]}.json"
+        self.path = cache_dir() / f"select-{slug(info.name)}-{token[:16]}.json"
         self.pending: dict[str, str] = {}
         self.last_flush = time.monotonic()
         self.enabled = env.flag("GPPERF_DISK_CACHE", True)

@@ -74,7 +74,10 @@ SUMMARY_KEYS = (
     "baseline_median_config_regret", "speedup_vs_extern_geomean", "speedup_vs_extern_p10",
     "speedup_vs_extern_min", "share_slower_than_extern_3pct", "share_dispatched_to_extern",
     "speedup_vs_extern_oracle_geomean", "dispatch_z",
-    "selection_latency_ms_30",
+    "selection_latency_ms_30", "verify_policy", "verify_speedup_vs_extern_geomean", "verify_speedup_vs_extern_p10",
+    "verify_speedup_vs_extern_min", "verify_share_dispatched_to_extern", "verify_candidates_per_shape",
+    "verify_share_unmeasured", "verify_compiles", "verify_compiles_config_dtype_layout",
+    "verify_speedup_vs_extern_oracle_geomean", "verify_share_of_oracle_gain",
 )  # fmt: skip
 
 
@@ -83,7 +86,7 @@ def format_metrics(metrics: dict) -> str:
     for key in SUMMARY_KEYS:
         if key in metrics:
             v = metrics[key]
-            lines.append(f"  {key:<34} {v:.4f}" if isinstance(v, float) else f"  {key:<34} {v}")
+            lines.append(f"  {key:<40} {v:.4f}" if isinstance(v, float) else f"  {key:<40} {v}")
     for b in metrics.get("regret_by_size", []):
         lo, hi = b["log2_mnk"]
         lines.append(f"  regret, log2(MNK) in [{lo}, {hi}){'':<9} {b['geomean_regret']:.4f}  (n={b['n']})")
@@ -301,10 +304,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def eval_mode(spec: str):
+    """--mode: predict (None) | verify | verify:K | exhaustive (a verify_policy.VerifyPolicy)."""
+    if spec.strip().lower() == "predict":
+        return None
+    from .verify_policy import parse
+
+    return parse(spec)
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     predictor = load_cli_model(args.model)
     table = dataset.load_table(args.data, include_interpreted=args.include_interpreted)
     metrics = evaluate(predictor, table, host_cost=args.host_cost)
+    if args.mode is not None:
+        from .verify_eval import verify_metrics
+
+        metrics.update(verify_metrics(predictor, table, args.mode))
     if args.json:
         json.dump(metrics, sys.stdout, default=_json_default)
         sys.stdout.write("\n")
@@ -350,8 +366,21 @@ def add_cli(subparsers) -> None:
         help="dispatch as in eager mode, with the per-call host cost of each backend added to predicted times"
         " (default: none, as the data are kernel times); speedups are still measured kernel times",
     )  # fmt: skip
+    e.add_argument(
+        "--mode", type=_mode_arg, default=None, metavar="predict|verify[:K]|exhaustive",
+        help="also replay the measured dispatch on the data: verify (the product's default policy, what a GPU runs"
+        " by default), verify:K (cuBLAS plus the top K Triton configs by prediction) or exhaustive; adds the"
+        " verify_* keys. Default: predict (the predict-only dispatch's keys alone)",
+    )  # fmt: skip
     e.add_argument("--include-interpreted", action="store_true", help="keep interpreter rows (tests only)")
     e.set_defaults(func=_cmd_eval)
+
+
+def _mode_arg(spec: str):
+    try:
+        return eval_mode(spec)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 __all__ = [

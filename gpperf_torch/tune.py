@@ -30,7 +30,8 @@ from .device import DeviceInfo
 from .shapes import Shape
 
 # The parts live in gpperf_torch.tuning; their names are re-exported here, where callers have always found them.
-from .tuning.cli import add_cli, run_cli
+from .tuning import cli as _cli
+from .tuning.cli import run_cli
 from .tuning.local import (
     DEFAULT_ROTATE_BYTES,
     MAX_INPUT_SETS,
@@ -381,6 +382,11 @@ def _tune_on_ray(
     summary.elapsed_s = time.monotonic() - t_start
     summary.rows_per_s = summary.rows_written / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
     return summary
+
+
+def add_cli(subparsers: Any) -> None:
+    """`gpperf-torch tune` (the parser lives in tuning/cli.py)."""
+    _cli.add_cli(subparsers, tune)
 
 
 __all__ = [

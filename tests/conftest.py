@@ -30,3 +30,26 @@ def fresh_selector(monkeypatch, tmp_path):
     selector.reset()
     yield
     selector.reset()
+
+
+@pytest.fixture(scope="session")
+def synthetic_model(tmp_path_factory):
+    """A small model trained on helpers.synthetic_rows (model.onnx + model.json); skips without sklearn."""
+    from helpers import export_synthetic_model
+
+    return export_synthetic_model(tmp_path_factory.mktemp("synthetic_model"))
+
+
+@pytest.fixture
+def measuring(fresh_selector, synthetic_model, monkeypatch):
+    """fresh_selector with the synthetic model on the CPU, no eager host cost (its kernels take microseconds) and
+    no GPPERF_TABLE: the selection state of the measured-dispatch tests."""
+    import torch
+
+    from gpperf_torch import selector
+
+    monkeypatch.setenv("GPPERF_HOST_COST", "0")
+    monkeypatch.delenv("GPPERF_TABLE", raising=False)
+    selector.reset()
+    selector.set_model(str(synthetic_model), "cpu")
+    return selector._state(torch.device("cpu"))

@@ -108,3 +108,13 @@ def read_rows(path):
 def keys(rows):
     """The row keys (dataset.KEY_COLUMNS) of read_rows' dicts, in file order."""
     return [tuple(r[c] for c in KEY_COLUMNS) for r in rows]
+
+
+def export_synthetic_model(folder, *, seed: int = 0, energy: bool = False):
+    """A small model trained on synthetic_rows, exported to `folder` (model.onnx + model.json); needs sklearn."""
+    pytest.importorskip("sklearn", reason="training a test model needs the [train] extra")
+    from gpperf_torch import dataset, train
+
+    fitted = train.fit(dataset.from_rows(synthetic_rows(energy)), seed=seed, n_jobs=1, n_estimators=20)
+    train.export(fitted, folder, {"provenance": "synthetic test data"})
+    return folder

@@ -91,6 +91,20 @@ def _good_shapes(d: Path) -> Path:
     return p
 
 
+def _table_file(d: Path, kind: str) -> Path:
+    """A verified-table argument (`table show|merge PATH`) of the given kind."""
+    p = d / f"table_{kind}.json"
+    content = {
+        "empty": b"",
+        "truncated": b'{"format": "gpperf-verified-table", "version": 1, "entr',
+        "binary": BINARY,
+        "wrong_format": b'{"name": "ann", "age": 31}',
+    }
+    if kind != "missing":
+        p.write_bytes(content[kind])
+    return p
+
+
 # command -> [(what is under test, argv builder(tmp dir, kind) -> (argv, the path that must be named))]
 def _cases():
     return {
@@ -112,6 +126,10 @@ def _cases():
                                     "--out", str(d / "r")], p)),
             ("model", lambda d, k: (["report", "--model", str(p := _model_dir(d, k)), "--pareto", "64", "64", "64",
                                      "--out", str(d / "r")], p)),
+        ],
+        "table": [
+            ("show", lambda d, k: (["table", "show", str(p := _table_file(d, k))], p)),
+            ("merge", lambda d, k: (["table", "merge", str(p := _table_file(d, k)), "--out", str(d / "m.json")], p)),
         ],
         "select": [("model", lambda d, k: (["select", "64", "64", "64", "--gpu", "h100",
                                             "--model", str(p := _model_dir(d, k))], p))],

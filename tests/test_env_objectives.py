@@ -78,8 +78,8 @@ ENV_CASES = [
     ("GPPERF_OBJECTIVE", "power_cap:nan", "objective", "time"),
     ("GPPERF_OBJECTIVE", "balanced:x", "objective", "time"),
     ("GPPERF_OBJECTIVE", "time:3", "objective", "time"),
-    ("GPPERF_MODE", "fastest", "mode", "predict"),
-    ("GPPERF_MODE", "verify!", "mode", "predict"),
+    ("GPPERF_MODE", "fastest", "mode", "auto"),
+    ("GPPERF_MODE", "verify!", "mode", "auto"),
 ]
 
 

@@ -28,7 +28,7 @@ def test_gpu_check_dry_run(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     steps = summary["steps"]
-    assert list(steps) == ["env", "tests", "tune", "predict", "e2e", "overhead", "decode", "model"]
+    assert list(steps) == ["env", "tests", "verify", "tune", "predict", "e2e", "overhead", "decode", "model"]
     assert all(s["status"] == "ok" for s in steps.values()), {k: v.get("error") for k, v in steps.items()}
     assert steps["tests"]["result"]["passed"] > 0 and steps["tests"]["result"]["failures"] == 0
     assert steps["tune"]["result"]["rows_written"] > 0 and steps["tune"]["result"]["interpreted"]
@@ -49,10 +49,40 @@ def test_gpu_check_dry_run(tmp_path):
         assert rows[name]["tokens_per_s"] > 0 and rows[name]["us_per_gemm"] > 0, rows[name]
         assert rows[name]["max_dlogit_vs_plain"] < 1e-3
     assert "skipped" in rows["plain, CUDA graph"]  # no GPU
+    ver = steps["verify"]["result"]
+    assert ver["interpreter"] and [m["model"] for m in ver["models"]] == ["decoder", "vit_mlp", "timm_odd"]
+    for m in ver["models"]:
+        assert m["plain_ms"] > 0 and m["predict_ms"] > 0 and m["verify_ms"] > 0, m
+        assert m["shapes"] >= 1 and m["measured"] == m["shapes"] and m["candidates_per_shape"] >= 1, m
+    assert "triton_choices" in ver["noise_check"], ver["noise_check"]
     for name in ("summary.md", "tune.csv", "e2e.csv", "tests.xml", "model.onnx", "model.json"):
         assert (tmp_path / name).is_file(), name
     assert len(list(tmp_path.iterdir())) <= 8, "a device call brings back at most 8 files"
     md = (tmp_path / "summary.md").read_text()
     assert "| tune | ok |" in md and "held-out" in md
     assert "| decode row | tokens/s |" in md and "INTERPRETER NUMBERS" in md
+    assert "| model | plain ms | predict ms | verify ms |" in md and "noise check" in md
     assert md.strip() in proc.stdout, "the summary table is printed last"
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") in ("", "0"), reason="re-times through the interpreter")
+def test_noise_check_retimes_verified_triton_choices(tmp_path):
+    """The verify step's noise check on a table with one Triton choice (the dry run's interpreter keeps none)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from gpucheck.verify import noise_check
+    finally:
+        sys.path.pop(0)
+    import torch
+
+    from gpperf_torch import table, verify_policy
+    from gpperf_torch.device import device_for
+
+    info = device_for(torch.device("cpu"))
+    key = verify_policy.bucket_key((20, 16, 24, 1, "float32", False, True, False))
+    entry = table.Entry(choice="16x16x32_g8_s1_w4_st3", m=20, times_ms={"torch": 1.0, "16x16x32_g8_s1_w4_st3": 0.5})
+    path = tmp_path / "t.json"
+    table.write_file(path, {(*table.identity_of(info), *key): entry})
+    res = noise_check(str(path))
+    assert res["triton_choices"] == 1 and res["rows"][0]["verified_gain"] == 2.0
+    assert res["rows"][0]["retimed_gain"] > 0 and 0.0 <= res["share_slower"] <= 1.0

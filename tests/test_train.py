@@ -196,6 +196,37 @@ def test_cli_train_and_eval_json(tmp_path, capsys):
     assert "geomean_regret" in capsys.readouterr().out
 
 
+def test_cli_eval_mode_verify_replays_the_measured_dispatch(tmp_path, capsys):
+    """eval --mode verify[:K]: cuBLAS plus the predicted best configs measured, the fastest kept (the same
+    verify_policy functions as the op); the worst shape is never below cuBLAS, exhaustive is the perfect pick."""
+    csv_path = tmp_path / "tune.csv"
+    write_tuning_csv(csv_path, synthetic_rows(n_shapes=30))
+    out = tmp_path / "model"
+    assert cli_main(["train", "--data", str(csv_path), "--out", str(out), "--n-estimators", "8", "--splits", "2"]) == 0
+    res = {}
+    for mode in ("verify", "verify:0", "verify:1", "verify:4", "exhaustive"):
+        capsys.readouterr()
+        assert cli_main(["eval", "--model", str(out), "--data", str(csv_path), "--json", "--mode", mode]) == 0
+        res[mode] = json.loads(capsys.readouterr().out)
+    d = res["verify"]
+    for key in ("verify_speedup_vs_extern_geomean", "verify_speedup_vs_extern_min", "verify_candidates_per_shape",
+                "verify_compiles", "speedup_vs_extern_geomean", "geomean_regret"):  # fmt: skip
+        assert key in d, key
+    assert d["verify_policy"].startswith("verify (cuBLAS + top-3")
+    assert all(r["verify_speedup_vs_extern_min"] >= 1.0 for r in res.values())
+    assert res["verify:0"]["verify_speedup_vs_extern_geomean"] == 1.0
+    assert res["verify:0"]["verify_candidates_per_shape"] == 1.0 and res["verify:0"]["verify_compiles"] == 0
+    assert res["verify:1"]["verify_candidates_per_shape"] == 2.0
+    assert 2.0 <= d["verify_candidates_per_shape"] <= 4.0
+    oracle = d["verify_speedup_vs_extern_oracle_geomean"]
+    assert res["exhaustive"]["verify_speedup_vs_extern_geomean"] == pytest.approx(oracle)
+    assert res["verify:1"]["verify_speedup_vs_extern_geomean"] <= res["verify:4"]["verify_speedup_vs_extern_geomean"]
+    assert oracle == pytest.approx(1.1, rel=1e-6)  # the synthetic best config is 1.1x faster than torch everywhere
+    with pytest.raises(SystemExit) as info:  # an argument error: one line, exit status 2
+        cli_main(["eval", "--model", str(out), "--data", str(csv_path), "--mode", "verify:x"])
+    assert info.value.code == 2 and "verify:K" in capsys.readouterr().err
+
+
 def test_cli_report(tmp_path):
     csv_path = tmp_path / "tune.csv"
     write_tuning_csv(csv_path, synthetic_rows(n_shapes=12))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -11,8 +12,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class Check:
-    def __init__(self, out: Path, dry: bool, budgets: dict[str, float], total_s: float, step_order: list[str]):
+    """The run's state. `render(summary, step_order) -> markdown` writes summary.md (gpucheck.summary's
+    summary_markdown, passed in by gpu_check.py: the summary reads the steps' tables, the steps read this)."""
+
+    def __init__(self, out: Path, dry: bool, budgets: dict[str, float], total_s: float, step_order: list[str],
+                 render: Callable[[dict, list[str]], str] | None = None):  # fmt: skip
         self.out = out
+        self.render = render
         self.step_order = step_order
         self.dry = dry
         self.budgets = budgets
@@ -33,9 +39,8 @@ class Check:
     def write(self) -> None:
         self.summary["elapsed_s"] = round(time.monotonic() - self.t0, 1)
         (self.out / "summary.json").write_text(json.dumps(self.summary, indent=1, default=_json_default))
-        from .summary import summary_markdown
-
-        (self.out / "summary.md").write_text(summary_markdown(self.summary, self.step_order))
+        if self.render is not None:
+            (self.out / "summary.md").write_text(self.render(self.summary, self.step_order))
 
 
 def _json_default(o):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .decode import decode_table
+from .verify import verify_table
 
 
 # ---- summary ------------------------------------------------------------------------------------------
@@ -79,6 +80,13 @@ def summary_markdown(s: dict, step_order: list[str]) -> str:
             )
             if res.get("front_host_us_per_gemm") is not None:
                 txt += f"; our host cost {res['front_host_us_per_gemm']:+.2f} us per GEMM call"
+        elif name == "verify":
+            ms = [m for m in res.get("models", []) if "verify_ms" in m]
+            nc = res.get("noise_check") or {}
+            txt = ("interpreter numbers; " if res.get("interpreter") else "") + "verify/plain: " + ", ".join(
+                f"{m['model']} {m['verify_ms'] / m['plain_ms']:.3f}" for m in ms)  # fmt: skip
+            if "triton_choices" in nc:
+                txt += f"; noise check: {nc['share_slower']:.0%} of {nc['triton_choices']} Triton choices slower"
         elif name == "env":
             txt = (
                 f"{env.get('sm_count', '-')} SMs, smem {env.get('max_shared_memory', '-')} B, energy counter "
@@ -117,5 +125,6 @@ def summary_markdown(s: dict, step_order: list[str]) -> str:
                 f"{_fmt(r.get('measured_best_ms'), 4)} | {_fmt(r.get('gpperf_predict_first_ms'), 1)} | "
                 f"{_fmt(r.get('autotune_first_ms'), 1)} | {r.get('gpperf_predict_config')} |"
             )
+    lines += verify_table(st.get("verify", {}).get("result") or {})
     lines += decode_table(st.get("decode", {}).get("result") or {})
     return "\n".join(lines) + "\n"

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from ..argtypes import fraction, non_negative_float, non_negative_int, positive_float, positive_int
@@ -19,7 +20,8 @@ logger = logging.getLogger(__name__)
 
 
 # ---- command line --------------------------------------------------------------------------------
-def add_cli(subparsers: Any) -> None:
+def add_cli(subparsers: Any, tune_fn: Callable[..., Any]) -> None:
+    """The `tune` subcommand; `tune_fn` is gpperf_torch.tune.tune (passed in: the tune module calls this one)."""
     p = subparsers.add_parser(
         "tune",
         help="measure runtime/power/energy per (shape, config) into a resumable CSV",
@@ -81,10 +83,10 @@ def add_cli(subparsers: Any) -> None:
         metavar="N",
         help="times a task lost with its worker is sent again before it is written as failure rows (default 2)",
     )
-    p.set_defaults(func=run_cli)
+    p.set_defaults(func=lambda args: run_cli(args, tune_fn))
 
 
-def run_cli(args: argparse.Namespace) -> int:
+def run_cli(args: argparse.Namespace, tune: Callable[..., Any]) -> int:
     if args.interpret and not _interpret_env_set():
         # Triton decides at import whether it interprets; this process imported it already: start afresh.
         logger.info("restarting with TRITON_INTERPRET=1 for --interpret")
@@ -92,8 +94,6 @@ def run_cli(args: argparse.Namespace) -> int:
         sys.stderr.flush()
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, "TRITON_INTERPRET": "1"})
     try:
-        from ..tune import tune
-
         s = tune(
             args.out,
             preset=args.preset,

@@ -11,7 +11,7 @@ import sys
 import threading
 from collections.abc import Iterable
 
-from .local import InputSets
+from .inputs import InputSets
 from .plan import Problem
 
 logger = logging.getLogger(__name__)

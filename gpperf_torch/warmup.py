@@ -1,0 +1,168 @@
+"""`gpperf_torch.warmup(model, example_inputs)`: measure every GEMM a model runs, once, before it serves.
+
+Records the model's GEMMs (nn.record_shapes, forward and optionally backward, without measuring during the
+recording), verifies each on operands of its shape, dtype and layout (selector.measure: cuBLAS and the
+predicted best Triton configs, the fastest kept by the noise rule), saves the verified table, and returns one
+row per GEMM: backend, config, measured times, gain over cuBLAS. A shape the table already holds (this GPU,
+these library versions) is not measured again. With GPPERF_TABLE set (a read-only table) nothing is measured:
+the report says what the table holds and what would take the prediction.
+
+Warmup is explicit, so the per-process cap of first-sight measurements (GPPERF_VERIFY_MAX_SHAPES) does not
+apply to it. Through the Triton interpreter (a CPU) it runs the same way, with times that are not GPU times.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import selector, table, verify, verify_policy
+from .nn import GemmShape, record_shapes
+from .objectives import mode as mode_block
+from .ranking import TORCH
+
+logger = logging.getLogger(__name__)
+
+
+def _operands(s: GemmShape, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random operands of one recorded GEMM with its layout (a transposed view where the op saw one)."""
+    dtype = getattr(torch, s.dtype)
+    gen = torch.Generator(device="cpu").manual_seed(s.m * 131 + s.n * 17 + s.k)
+
+    def mat(rows: int, cols: int, trans: bool) -> torch.Tensor:
+        shape = (s.batch, cols, rows) if trans else (s.batch, rows, cols)
+        x = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
+        x = x.transpose(-1, -2) if trans else x
+        return x if s.batch > 1 else x[0]
+
+    return mat(s.m, s.k, s.a_trans), mat(s.k, s.n, s.b_trans)
+
+
+class _Bar:
+    """rich's progress bar when rich is installed and `show`, else one log line per GEMM at INFO."""
+
+    def __init__(self, total: int, show: bool):
+        self._p = None
+        self._total = total
+        self._done = 0
+        if not show or total == 0:
+            return
+        try:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        except ImportError:
+            return
+        self._p = Progress(TextColumn("warmup"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[what]}"),
+                           TimeElapsedColumn(), transient=False)  # fmt: skip
+        self._task = self._p.add_task("warmup", total=total, what="")
+        self._p.start()
+
+    def step(self, what: str) -> None:
+        self._done += 1
+        if self._p is not None:
+            self._p.update(self._task, advance=1, what=what)
+        else:
+            logger.info("warmup %d/%d: %s", self._done, self._total, what)
+
+    def close(self) -> None:
+        if self._p is not None:
+            self._p.stop()
+
+
+def warmup(
+    model: nn.Module,
+    example_inputs,
+    backward: bool = False,
+    *,
+    save: str | Path | None = None,
+    progress: bool = True,
+    remeasure: bool = False,
+) -> list[dict]:
+    """Verify every GEMM `model` runs on `example_inputs` (forward; backward too with `backward`), save the
+    verified table (`save`, default this GPU's table file in the cache directory), and return one dict per GEMM:
+    m, n, k, batch, dtype, layout, calls (per model call), source ("measured", "table" or "predicted"), backend,
+    config, times_ms (every candidate's median), gain (cuBLAS's time over the choice's), noise.
+
+    `remeasure` measures shapes the table already holds again."""
+    shapes = record_shapes_quietly(model, example_inputs, backward)
+    dev = _device_of(model, example_inputs)
+    st = selector._state(dev)
+    tbl = table.for_device(st.info)
+    steps = verify.bucket_steps()
+    obj = "time"
+    report: list[dict] = []
+    bar = _Bar(len(shapes), progress)
+    try:
+        for s, calls in shapes:
+            key = (s.m, s.n, s.k, s.batch, s.dtype, s.a_trans, s.b_trans, s.dtype == "float32" and _tf32(), obj)
+            row = {"m": s.m, "n": s.n, "k": s.k, "batch": s.batch, "dtype": s.dtype,
+                   "layout": "nt"[s.a_trans] + "nt"[s.b_trans], "calls": calls}  # fmt: skip
+            entry = None if remeasure else tbl.lookup(key[:8], steps)
+            if entry is not None:
+                row.update(source="table", backend="torch" if entry.choice == TORCH else "triton", config=entry.choice,
+                           times_ms=dict(entry.times_ms), gain=entry.gain, noise=entry.noise)  # fmt: skip
+            elif tbl.read_only:
+                cfg = selector.rank(st, key)[0][0]
+                row.update(source="predicted", backend="torch" if cfg is None else "triton",
+                           config=TORCH if cfg is None else cfg.key, times_ms={}, gain=float("nan"),
+                           noise=float("nan"))  # fmt: skip
+            else:
+                a, b = _operands(s, dev)
+                res = selector.measure(st, key, a, b, "verify", source="warmup")
+                row.update(source="measured", backend="torch" if res.choice is None else "triton",
+                           config=res.choice_key, times_ms=dict(res.times_ms), gain=res.gain, noise=res.noise,
+                           compiles=res.compiles, compile_s=res.compile_s, bench_ms=res.bench_ms,
+                           errors=dict(res.errors))  # fmt: skip
+                # The process's own memo: this exact shape is answered without a table lookup from now on.
+                st.memory[(*key, "verify")] = res.choice
+            row["bucket"] = list(verify_policy.m_bucket(s.m, steps))
+            report.append(row)
+            bar.step(f"{s.m}x{s.n}x{s.k} {s.dtype} {row['layout']}: {row['config']} ({row['source']})")
+    finally:
+        bar.close()
+    if tbl.read_only:
+        logger.info("warmup: GPPERF_TABLE=%s is read-only: nothing measured or saved", tbl.path)
+    elif save is not None or tbl.persist:
+        path = tbl.save(Path(save) if save is not None else None)
+        logger.info("warmup: %d GEMMs, verified table saved to %s", len(report), path)
+    return report
+
+
+def record_shapes_quietly(model: nn.Module, example_inputs, backward: bool) -> list[tuple[GemmShape, int]]:
+    """nn.record_shapes under the predict mode: the recording pass itself measures nothing."""
+    with mode_block("predict"):
+        return record_shapes(model, example_inputs, backward=backward)
+
+
+def _device_of(model: nn.Module, example_inputs) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    for x in inputs:
+        if isinstance(x, torch.Tensor):
+            return x.device
+    return torch.device("cpu")
+
+
+def _tf32() -> bool:
+    from . import kernels
+
+    return bool(kernels.tf32_allowed())
+
+
+def format_report(rows: list[dict]) -> str:
+    """The report as a table (what `print(gp.format_warmup(rows))` shows)."""
+    lines = [f"{'GEMM':28s} {'calls':>5s} {'source':9s} {'backend':7s} {'gain':>6s} {'torch ms':>9s} {'chosen ms':>9s}"
+             "  config"]  # fmt: skip
+    for r in rows:
+        shape = f"{r['m']}x{r['n']}x{r['k']}" + (f" (x{r['batch']})" if r["batch"] > 1 else "")
+        t = r.get("times_ms") or {}
+        lines.append(f"{shape + ' ' + r['dtype'] + ' ' + r['layout']:28s} {r['calls']:5d} {r['source']:9s}"
+                     f" {r['backend']:7s} {r['gain']:6.3f} {t.get(TORCH, float('nan')):9.4f}"
+                     f" {t.get(r['config'], float('nan')):9.4f}  {r['config']}")  # fmt: skip
+    return "\n".join(lines)
+
+
+__all__ = ["format_report", "warmup"]
