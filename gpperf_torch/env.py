@@ -20,6 +20,7 @@ used instead (the explicit API, `gpperf_torch.objective(...)` and `mode(...)`, s
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable
 from typing import TypeVar
@@ -73,6 +74,16 @@ def parse_positive_int(raw: str) -> int:
 
 def parse_non_negative_int(raw: str) -> int:
     return parse_int_at_least(raw, 0)
+
+
+def parse_positive_float(raw: str) -> float:
+    try:
+        v = float(raw.strip())
+    except ValueError:
+        raise ValueError("not a number") from None
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError("must be a positive, finite number")
+    return v
 
 
 def flag(name: str, default: bool) -> bool:

@@ -14,7 +14,7 @@ import torch
 from . import kernels, table, verify_policy
 from .device import device_for
 from .objectives import current_objective, parse_objective
-from .ranking import TORCH, ranked_rows, score
+from .ranking import TORCH, measured_head, ranked_rows, score
 from .state import default_device, state, state_for_info
 
 DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
@@ -76,8 +76,7 @@ def explain(
             row["policy"] = {**st.policy.as_dict(), "host_source": st.policy.host_source}
             if obj.name == "time":
                 vp = verify_policy.default_policy()
-                idx = verify_policy.candidates(s.preds["time_ms"], s.is_torch, vp, log_dev=s.dev)
-                row["verify_candidates"] = [TORCH if s.cands[j] is None else s.cands[j].key for j in idx]
+                row["verify_candidates"] = [TORCH if c is None else c.key for c in measured_head(s, vp)]
                 row["verify_policy"] = vp.as_dict()
                 entry = table.for_device(st.info).lookup(key)
                 if entry is not None:

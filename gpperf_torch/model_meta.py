@@ -16,11 +16,11 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from .dataset import TORCH_KEY
 from .errors import ModelError
 from .features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION
 from .kernels.configs import TileConfig
 
-TORCH_KEY = "torch"
 # The model format and its targets: defined here, with the schema that checks them (predictor.py re-exports them).
 MODEL_FORMAT = "gpperf-model"
 MODEL_FORMAT_VERSION = 2  # v2: the graph also outputs the rank forest per tree ("rel_trees")

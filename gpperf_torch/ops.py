@@ -16,6 +16,7 @@ from torch import Tensor
 from . import kernels, selector
 from .errors import DeviceMismatchError, DtypeError, ShapeError
 from .kernels import TileConfig
+from .once import WarnOnce
 
 logger = logging.getLogger(__name__)
 
@@ -128,13 +129,8 @@ def _run_captured(a: Tensor, b: Tensor, bias: Tensor | None, config: str | None,
         return _torch_mm(a, b, bias)
 
 
-_warned: set[str] = set()
-
-
-def _warn_once(key: str, msg: str, *args) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        logger.warning(msg, *args)
+_warn_once = WarnOnce(logger)
+_warned = _warn_once.seen  # tests clear it
 
 
 def _compute(

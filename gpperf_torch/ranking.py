@@ -13,25 +13,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import kernels
+from . import kernels, verify_policy
 from .analytic import analytic_time_ms
+from .dataset import TORCH_KEY as TORCH  # torch.matmul's (cuBLAS's) name in models, caches and tables
 from .device import DeviceInfo
 from .dispatch import Decision, decide, k_ratio, padded_work, unaligned_transposed
 from .features import config_matrix
 from .kernels import TileConfig
 from .kernels import facts as kernels_facts
 from .objectives import Objective, parse_objective
+from .once import WarnOnce
 
 logger = logging.getLogger(__name__)
 
-TORCH = "torch"  # the candidate name of torch.matmul (cuBLAS) in models, caches and tables
-_warned: set[str] = set()
-
-
-def _warn_once(key: str, msg: str, *args) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        logger.warning(msg, *args)
+_warn_once = WarnOnce(logger)
+_warned = _warn_once.seen  # tests clear it
 
 
 def valid_candidates(st, dtype: str, launch: tuple | None = None) -> list[TileConfig | None]:
@@ -108,6 +104,16 @@ def score(st, key: tuple) -> Scored:
     return Scored(cands, preds, dev, host, is_torch, decision)
 
 
+def measured_head(s: Scored, policy) -> list[TileConfig | None]:
+    """The candidates a measured first sight times under `policy` (verify_policy.VerifyPolicy): cuBLAS first,
+    always, even where the model does not list it, then the Triton configs verify_policy.candidates names."""
+    idx = verify_policy.candidates(s.preds["time_ms"], s.is_torch, policy, log_dev=s.dev)
+    cands = [s.cands[i] for i in idx]
+    if None not in cands:
+        cands.insert(0, None)
+    return cands
+
+
 def rank(st, key: tuple) -> list[tuple[TileConfig | None, dict[str, float]]]:
     """All valid candidates for `key`, best first for its objective, each with its predicted targets."""
     return rank_with_decision(st, key)[0]
@@ -169,6 +175,13 @@ def order_by_objective(obj: Objective, preds: dict[str, np.ndarray], info: Devic
     return np.argsort(score_, kind="stable")
 
 
-_order = order_by_objective  # the name report.py and earlier callers use
-
-__all__ = ["TORCH", "Scored", "order_by_objective", "rank", "rank_with_decision", "score", "valid_candidates"]
+__all__ = [
+    "TORCH",
+    "Scored",
+    "measured_head",
+    "order_by_objective",
+    "rank",
+    "rank_with_decision",
+    "score",
+    "valid_candidates",
+]

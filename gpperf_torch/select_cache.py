@@ -16,19 +16,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import env
+from .dataset import TORCH_KEY as TORCH
 from .device import DeviceInfo
 from .kernels import TileConfig
+from .once import WarnOnce
 from .paths import cache_dir, slug
 
 logger = logging.getLogger(__name__)
-_warned: set[str] = set()
-TORCH = "torch"  # the value that means torch.matmul (cuBLAS)
-
-
-def _warn_once(key: str, msg: str, *args) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        logger.warning(msg, *args)
+_warn_once = WarnOnce(logger)
+_warned = _warn_once.seen  # tests clear it
 
 
 def cache_token(meta: dict | None, analytic: dict | None = None, policy: dict | None = None) -> str:

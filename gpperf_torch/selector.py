@@ -42,8 +42,7 @@ from .objectives import mode as _mode
 from .objectives import objective as _objective
 from .objectives import reload_env as _reload_objectives_env
 from .paths import cache_dir  # noqa: F401 (re-exported: users import it from here)
-from .ranking import TORCH, rank, rank_with_decision, score  # noqa: F401 (re-exported)
-from .ranking import order_by_objective as _order  # noqa: F401 (re-exported)
+from .ranking import TORCH, measured_head, rank, rank_with_decision, score  # noqa: F401 (re-exported)
 from .ranking import valid_candidates as _valid_candidates  # noqa: F401 (re-exported)
 from .select_cache import DiskCache as _DiskCache  # noqa: F401 (re-exported)
 from .state import State as _State  # noqa: F401 (re-exported)
@@ -51,7 +50,6 @@ from .state import _by_device, flush_caches, max_shared_memory, set_model, set_m
 from .state import device_info as _device_info  # noqa: F401 (re-exported)
 from .state import reset as _reset_state
 from .state import state as _state
-from .state import state_for_info as _state_for_info  # noqa: F401 (re-exported)
 
 mode = _mode  # `with gpperf_torch.mode(...)` (objectives.py)
 objective = _objective  # `with gpperf_torch.objective(...)` (objectives.py)
@@ -93,8 +91,7 @@ def _key(a: torch.Tensor, b: torch.Tensor, objective: str | None) -> tuple:
 
 
 def _mode_of(a: torch.Tensor) -> str:
-    md = _mode_var.get() or _env["mode"]
-    return ("verify" if a.is_cuda else "predict") if md == "auto" else md
+    return current_mode(a.is_cuda)
 
 
 def _memo_key(key: tuple, md: str) -> tuple:
@@ -107,6 +104,7 @@ def choose(a: torch.Tensor, b: torch.Tensor, forced: TileConfig | None, objectiv
         return forced
     st = _by_device.get(a.device) or _state(a.device)
     key = _key(a, b, objective)
+    # _mode_of and _memo_key written out: this is the per-call path, and the two calls cost 5% of a hit.
     md = _mode_var.get() or _env["mode"]
     if md == "auto":
         md = "verify" if a.is_cuda else "predict"
@@ -151,8 +149,7 @@ def _measured(st, key: tuple, mkey: tuple, md: str, a: torch.Tensor, b: torch.Te
     entry = tbl.lookup(key[:8], steps)
     if entry is not None and (md == "verify" or entry.mode == md):
         cfg = None if entry.choice == TORCH else TileConfig.from_key(entry.choice)
-        m, n, k, _, dtype, a_t, b_t, tf32 = key[:8]
-        if cfg in st.valid_set(dtype, (m, n, k, a_t, b_t, tf32)):
+        if cfg in st.valid_for(key):
             verify.stats.table_hits += 1
             st.memory[mkey] = cfg
             return cfg
@@ -171,12 +168,7 @@ def _measured(st, key: tuple, mkey: tuple, md: str, a: torch.Tensor, b: torch.Te
 def measured_candidates(st, key: tuple, md: str) -> tuple[list[TileConfig | None], verify_policy.VerifyPolicy]:
     """The candidates a first sight of `key` measures in mode `md` (cuBLAS always first) and the policy."""
     policy = verify_policy.parse("exhaustive") if md == "exhaustive" else verify_policy.default_policy()
-    s = score(st, key)
-    idx = verify_policy.candidates(s.preds["time_ms"], s.is_torch, policy, log_dev=s.dev)
-    cands = [s.cands[i] for i in idx]
-    if None not in cands:
-        cands.insert(0, None)  # cuBLAS is always measured, even when the model does not list it
-    return cands, policy
+    return measured_head(score(st, key), policy), policy
 
 
 def measure(st, key: tuple, a: torch.Tensor, b: torch.Tensor, md: str = "verify", *, source: str = "") -> verify.Result:
@@ -200,7 +192,7 @@ def replace_choice(
     """Remember `cfg` (None: torch.matmul) for this GEMM in every mode, e.g. after the chosen config failed."""
     st = _state(a.device)
     key = _key(a, b, objective)
-    for mkey in (key, *((*key, md) for md in MEASURED_MODES)):
+    for mkey in (key, *(_memo_key(key, md) for md in MEASURED_MODES)):
         st.memory[mkey] = cfg
     if reason:
         _warn_once(f"replaced:{key}", "gpperf: %s; using %s for this shape", reason, cfg or "torch.matmul")

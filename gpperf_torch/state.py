@@ -8,6 +8,7 @@ model does not discard measurements.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -22,6 +23,7 @@ from .errors import ModelError
 from .kernels import TileConfig
 from .kernels import facts as kernels_facts
 from .objectives import parse_objective
+from .once import WarnOnce
 from .ranking import TORCH, valid_candidates
 from .select_cache import DiskCache, cache_token
 
@@ -31,13 +33,8 @@ _lock = threading.Lock()
 _devices: dict[torch.device, DeviceInfo] = {}
 _states: dict[str, State] = {}  # by device name
 _by_device: dict[torch.device, State] = {}  # the hot path's shortcut to _states
-_warned: set[str] = set()
-
-
-def warn_once(key: str, msg: str, *args) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        logger.warning(msg, *args)
+warn_once = WarnOnce(logger)
+_warned = warn_once.seen  # tests clear it
 
 
 def device_info(dev: torch.device) -> DeviceInfo:
@@ -80,14 +77,16 @@ class State:
             valid = self._valid_sets[ckey] = frozenset(valid_candidates(self, dtype, launch))
         return valid
 
+    def valid_for(self, key: tuple) -> frozenset:
+        """valid_set of a selection key (m, n, k, batch, dtype, a_trans, b_trans, tf32, ...)."""
+        m, n, k, _, dtype, a_t, b_t, tf32 = key[:8]
+        return self.valid_set(dtype, (m, n, k, a_t, b_t, tf32))
+
     def usable(self, key: tuple, cfg: TileConfig | None) -> None:
         """ValueError when a cached selection cannot be used here (see select_cache.DiskCache.load)."""
         parse_objective(key[-1])
-        m, n, k, _, dtype, a_t, b_t, tf32 = key[:8]
-        if cfg not in self.valid_set(dtype, (m, n, k, a_t, b_t, tf32)):
+        if cfg not in self.valid_for(key):
             raise ValueError(f"{cfg or TORCH} is not a candidate of this model valid on {self.info.name} for {key[4]}")
-
-    _usable = usable  # the name earlier versions (and their tests) used
 
     @property
     def model_hash(self) -> str:
@@ -186,8 +185,6 @@ def flush_caches() -> None:
     for st in all_states():
         st.disk.flush()
 
-
-import atexit  # noqa: E402
 
 atexit.register(flush_caches)
 

@@ -17,6 +17,7 @@ shapes it lacks take the prediction. `gpperf-torch table show|merge PATH...` pri
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import math
@@ -28,25 +29,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import env
+from .dataset import TORCH_KEY as TORCH
 from .device import DeviceInfo
+from .once import WarnOnce
 from .paths import cache_dir, slug
+from .verify_policy import bucket_key, bucket_steps_from_env, gain_over_torch
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "gpperf-verified-table"
 VERSION = 1
-TORCH = "torch"
 # What an entry is keyed by, in order: the device and library identity, then the GEMM bucket.
 IDENTITY_FIELDS = ("gpu", "capability", "sm_count", "torch", "triton")
 BUCKET_FIELDS = ("m_lo", "m_hi", "m16", "n", "k", "batch", "dtype", "a_trans", "b_trans", "tf32")
 KEY_FIELDS = IDENTITY_FIELDS + BUCKET_FIELDS
-_warned: set[str] = set()
-
-
-def _warn_once(key: str, msg: str, *args) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        logger.warning(msg, *args)
+_warn_once = WarnOnce(logger)
+_warned = _warn_once.seen  # tests clear it
 
 
 def library_versions() -> tuple[str, str]:
@@ -77,8 +75,7 @@ class Entry:
 
     @property
     def gain(self) -> float:
-        t, c = self.times_ms.get(TORCH), self.times_ms.get(self.choice)
-        return t / c if t and c and math.isfinite(t) and math.isfinite(c) and c > 0 else 1.0
+        return gain_over_torch(self.times_ms, self.choice, TORCH)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -183,14 +180,14 @@ def write_file(path: Path, entries: dict[tuple, Entry], *, merge: bool = True) -
         for key, e in entries.items():
             merged[key] = newer(merged.get(key), e)
         doc = {"format": FORMAT, "version": VERSION, "written_at": _now(),
-               "entries": [_entry_record(k, merged[k]) for k in sorted(merged, key=_sort_key)]}  # fmt: skip
+               "entries": [_entry_record(k, merged[k]) for k in sorted(merged, key=sort_key)]}  # fmt: skip
         tmp = path.with_name(f"{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
         tmp.write_text(json.dumps(doc, indent=0) + "\n")
         os.replace(tmp, path)
     return len(merged)
 
 
-def _sort_key(key: tuple) -> tuple:
+def sort_key(key: tuple) -> tuple:
     return tuple(str(x) if isinstance(x, str) else f"{int(x):012d}" for x in key)
 
 
@@ -253,8 +250,6 @@ class VerifiedTable:
 
     def lookup(self, key: tuple, steps: int | None = None) -> Entry | None:
         """The entry of a selection key's bucket on this device and these versions, or None."""
-        from .verify_policy import bucket_key, bucket_steps_from_env
-
         entries = self._load()
         if not entries:
             return None
@@ -338,8 +333,6 @@ def reset() -> None:
     with _tables_lock:
         _tables.clear()
 
-
-import atexit  # noqa: E402
 
 atexit.register(flush_all)
 

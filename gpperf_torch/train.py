@@ -304,15 +304,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def eval_mode(spec: str):
-    """--mode: predict (None) | verify | verify:K | exhaustive (a verify_policy.VerifyPolicy)."""
-    if spec.strip().lower() == "predict":
-        return None
-    from .verify_policy import parse
-
-    return parse(spec)
-
-
 def _cmd_eval(args: argparse.Namespace) -> int:
     predictor = load_cli_model(args.model)
     table = dataset.load_table(args.data, include_interpreted=args.include_interpreted)
@@ -377,8 +368,13 @@ def add_cli(subparsers) -> None:
 
 
 def _mode_arg(spec: str):
+    """--mode: predict (None) | verify | verify:K | exhaustive (a verify_policy.VerifyPolicy)."""
+    if spec.strip().lower() == "predict":
+        return None
+    from .verify_policy import parse
+
     try:
-        return eval_mode(spec)
+        return parse(spec)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 

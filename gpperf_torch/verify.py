@@ -32,6 +32,7 @@ import torch
 
 from . import env, kernels, measure
 from .dataset import COLUMNS
+from .dataset import TORCH_KEY as TORCH
 from .device import DeviceInfo
 from .kernels import TileConfig
 from .paths import cache_dir, slug
@@ -39,6 +40,7 @@ from .verify_policy import (
     VerifyPolicy,
     bucket_steps_from_env,
     choose_measured,
+    gain_over_torch,
     margin,
     top_k_from_env,
 )
@@ -51,33 +53,19 @@ DEFAULT_MAX_SHAPES = 512
 # takes tens of milliseconds per launch and its times mean nothing: 3 rounds there.
 GPU_ROUNDS = (5, 50)
 INTERPRETER_ROUNDS = (3, 3)
-TORCH = "torch"
 
 
-def verify_top_k() -> int:
-    return top_k_from_env()
+# The measured dispatch's budgets, read from the environment when a first sight needs them (module docstring).
+verify_top_k = top_k_from_env
+bucket_steps = bucket_steps_from_env
 
 
 def budget_ms() -> float:
-    return env.read("GPPERF_VERIFY_BUDGET_MS", DEFAULT_BUDGET_MS, _positive_float)
+    return env.read("GPPERF_VERIFY_BUDGET_MS", DEFAULT_BUDGET_MS, env.parse_positive_float)
 
 
 def max_shapes() -> int:
     return env.read("GPPERF_VERIFY_MAX_SHAPES", DEFAULT_MAX_SHAPES, env.parse_non_negative_int)
-
-
-def bucket_steps() -> int:
-    return bucket_steps_from_env()
-
-
-def _positive_float(raw: str) -> float:
-    try:
-        v = float(raw)
-    except ValueError:
-        raise ValueError("not a number") from None
-    if not (math.isfinite(v) and v > 0):
-        raise ValueError("must be a positive number of milliseconds")
-    return v
 
 
 def cannot_measure(a: torch.Tensor) -> str:
@@ -143,10 +131,8 @@ class Result:
 
     @property
     def gain(self) -> float:
-        """cuBLAS's measured time over the choice's (1.0 when cuBLAS is kept or was not timed)."""
-        t_torch = self.times_ms.get(TORCH, math.nan)
-        t = self.times_ms.get(self.choice_key, math.nan)
-        return t_torch / t if math.isfinite(t_torch) and math.isfinite(t) and t > 0 else 1.0
+        """cuBLAS's measured time over the choice's (verify_policy.gain_over_torch)."""
+        return gain_over_torch(self.times_ms, self.choice_key, TORCH)
 
 
 def _sync(a: torch.Tensor):

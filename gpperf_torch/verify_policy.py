@@ -162,6 +162,12 @@ def keep_triton(
     return (triton_ms + host_triton_ms) * (1.0 + margin(noise_rel, policy)) < torch_ms + host_torch_ms
 
 
+def gain_over_torch(times_ms: dict[str, float], choice: str, torch_key: str = "torch") -> float:
+    """cuBLAS's measured time over the choice's: 1.0 when cuBLAS is the choice or either was not timed."""
+    t, c = times_ms.get(torch_key), times_ms.get(choice)
+    return t / c if t and c and math.isfinite(t) and math.isfinite(c) and c > 0 else 1.0
+
+
 def ratio_noise(ratios) -> tuple[float, float]:
     """(median, standard error of the median as a fraction of it) of paired per-round time ratios: a robust
     sd (1.4826 x MAD) times the median's efficiency factor (1.2533) over sqrt(n). inf with fewer than 3."""
@@ -224,6 +230,7 @@ __all__ = [
     "candidates",
     "choose_measured",
     "default_policy",
+    "gain_over_torch",
     "keep_triton",
     "m_bucket",
     "margin",

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import selector, table, verify, verify_policy
+from . import kernels, selector, table, verify, verify_policy
 from .nn import GemmShape, record_shapes
 from .objectives import mode as mode_block
 from .ranking import TORCH
@@ -91,12 +91,12 @@ def warmup(
     st = selector._state(dev)
     tbl = table.for_device(st.info)
     steps = verify.bucket_steps()
-    obj = "time"
+    obj, tf32 = "time", bool(kernels.tf32_allowed())
     report: list[dict] = []
     bar = _Bar(len(shapes), progress)
     try:
         for s, calls in shapes:
-            key = (s.m, s.n, s.k, s.batch, s.dtype, s.a_trans, s.b_trans, s.dtype == "float32" and _tf32(), obj)
+            key = (s.m, s.n, s.k, s.batch, s.dtype, s.a_trans, s.b_trans, s.dtype == "float32" and tf32, obj)
             row = {"m": s.m, "n": s.n, "k": s.k, "batch": s.batch, "dtype": s.dtype,
                    "layout": "nt"[s.a_trans] + "nt"[s.b_trans], "calls": calls}  # fmt: skip
             entry = None if remeasure else tbl.lookup(key[:8], steps)
@@ -116,7 +116,7 @@ def warmup(
                            compiles=res.compiles, compile_s=res.compile_s, bench_ms=res.bench_ms,
                            errors=dict(res.errors))  # fmt: skip
                 # The process's own memo: this exact shape is answered without a table lookup from now on.
-                st.memory[(*key, "verify")] = res.choice
+                st.memory[selector._memo_key(key, "verify")] = res.choice
             row["bucket"] = list(verify_policy.m_bucket(s.m, steps))
             report.append(row)
             bar.step(f"{s.m}x{s.n}x{s.k} {s.dtype} {row['layout']}: {row['config']} ({row['source']})")
@@ -144,12 +144,6 @@ def _device_of(model: nn.Module, example_inputs) -> torch.device:
         if isinstance(x, torch.Tensor):
             return x.device
     return torch.device("cpu")
-
-
-def _tf32() -> bool:
-    from . import kernels
-
-    return bool(kernels.tf32_allowed())
 
 
 def format_report(rows: list[dict]) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 from .common import REPO, Check, log
 
 NOISE_BUDGET_MS = 20.0  # 4x the first sight's default budget: the re-timing is the referee
+PER_SHAPE_KEYS = ("m", "n", "k", "layout", "config", "gain", "noise", "times_ms", "compile_s", "bench_ms")
 
 
 def _models(cuda: bool):
@@ -147,24 +148,7 @@ def step_verify(c: Check) -> dict:
                 compile_s=sum(s.get("compile_s", 0.0) for s in measured),
                 bench_ms_per_shape=statistics.mean([s.get("bench_ms", 0.0) for s in measured]) if measured else 0.0,
                 candidates_per_shape=statistics.mean([len(s["times_ms"]) for s in measured]) if measured else 0.0,
-                per_shape=[
-                    {
-                        k: s.get(k)
-                        for k in (
-                            "m",
-                            "n",
-                            "k",
-                            "layout",
-                            "config",
-                            "gain",
-                            "noise",
-                            "times_ms",
-                            "compile_s",
-                            "bench_ms",
-                        )
-                    }
-                    for s in shapes
-                ],  # fmt: skip
+                per_shape=[{k: s.get(k) for k in PER_SHAPE_KEYS} for s in shapes],
             )
             log(f"verify {name}: plain {r['plain_ms']:.3f} ms, predict {r['predict_ms']:.3f} ms, verify "
                 f"{r['verify_ms']:.3f} ms; warmup {r['warmup_s']:.1f} s for {len(shapes)} GEMMs "
@@ -212,7 +196,7 @@ def noise_check(table_path: str) -> dict:
     clock = measure.CudaClock() if cuda else measure.WallClock()
     rows = []
     for key, e in entries.items():
-        if e.choice == "torch":
+        if e.choice == table.TORCH:
             continue
         f = dict(zip(table.KEY_FIELDS, key, strict=True))
         dtype = getattr(torch, f["dtype"])
