@@ -9,7 +9,10 @@ Rows:
                               the lean launch path off and on; or on a CPU gpperf_torch.matmul vs the custom op's
                               dispatch vs torch.matmul (8x8); and a patched biased Linear vs nn.Linear (no_grad)
   disk cache load             reading a selection cache of 1000 shapes
-Targets (2-core CPU): first sight < 2 ms for 30 candidates, cached path < 10 us.
+  shape_features              building the feature rows of 300 candidates for one shape
+  model load                  Predictor.load of each shipped model (onnxruntime session + JSON), after a first load
+Targets (2-core CPU): first sight < 2 ms for 30 candidates, cached path < 10 us, shape_features < 2 ms for 300
+candidates, model load < 0.5 s. These are checked here, not in unit tests, whose timings a loaded CI host skews.
 """
 
 from __future__ import annotations
@@ -150,6 +153,38 @@ def disk_load(info, n: int = 1000) -> float:
         return statistics.median(ts)
 
 
+def features_300(info, repeats: int) -> tuple[float, float]:
+    """shape_features for one shape and 300 candidate configs (the features half of first sight)."""
+    from gpperf_torch.features import config_matrix, shape_features
+
+    C = config_matrix(kernels.candidate_space()[:300])
+    shape_features(2048, 2048, 2048, "float16", 0, 0, 0, C, info)
+    times = []
+    for _ in range(max(1, repeats // 3)):
+        t0 = time.perf_counter()
+        for _ in range(10):
+            shape_features(2048, 2048, 2048, "float16", 0, 0, 0, C, info)
+        times.append((time.perf_counter() - t0) / 10)
+    return _stats(times)
+
+
+def model_loads(repeats: int = 5) -> dict[str, tuple[float, float]]:
+    """Predictor.load of each shipped model: (median, max) seconds over `repeats` loads after a first one."""
+    from gpperf_torch.predictor import Predictor, list_shipped, shipped_model
+
+    res = {}
+    for name in list_shipped():
+        path = shipped_model(name)
+        Predictor.load(path)  # the first load also imports onnxruntime
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            Predictor.load(path)
+            ts.append(time.perf_counter() - t0)
+        res[name] = (statistics.median(ts), max(ts))
+    return res
+
+
 def measure(gpu: str | None = None, repeats: int = 300) -> dict:
     """All rows of the table as a dict (also used by the GPU check)."""
     torch.set_num_threads(1)
@@ -165,6 +200,9 @@ def measure(gpu: str | None = None, repeats: int = 300) -> dict:
     res["cached_choose_us"] = (med * 1e6, p99 * 1e6)
     res["host_us_per_call"] = op_overhead(max(20, repeats // 10))
     res["disk_cache_load_1000_ms"] = disk_load(info) * 1e3
+    med, p99 = features_300(info, repeats)
+    res["shape_features_300_ms"] = (med * 1e3, p99 * 1e3)
+    res["model_load_s"] = model_loads()
     return res
 
 
@@ -185,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, us in r["host_us_per_call"].items():
         print(f"{f'host time per call: {name}':<52}{us:>10.3f}{'':>10}  us")
     print(f"{'disk cache load, 1000 shapes':<52}{r['disk_cache_load_1000_ms']:>10.3f}{'':>10}  ms")
+    med, p99 = r["shape_features_300_ms"]
+    print(f"{'shape_features, 300 candidates':<52}{med:>10.3f}{p99:>10.3f}  ms")
+    for name, (med, worst) in r["model_load_s"].items():
+        print(f"{f'model load: {name} (max in the p99 column)':<52}{med:>10.3f}{worst:>10.3f}  s")
     return 0
 
 
