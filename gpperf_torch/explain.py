@@ -47,7 +47,7 @@ def explain(
         st = state_for_info(device_for(gpu=gpu))
     else:
         st = state(torch.device(device) if device is not None else default_device())
-    tf32 = dtype_s == "float32" and bool(torch.backends.cuda.matmul.allow_tf32)
+    tf32 = dtype_s == "float32" and bool(kernels.tf32_allowed())
     key = (m, n, k, batch, dtype_s, bool(a_trans), bool(b_trans), tf32, str(obj))
     s = score(st, key)
     rows = ranked_rows(s, obj, st.info)

@@ -182,7 +182,7 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
     from .device import short_name_of
     from .objectives import parse_objective
     from .predictor import load_cli_model
-    from .ranking import order_by_objective as _order
+    from .ranking import order_by_objective
 
     check_output_dir(args.out)  # an existing file named by --out: one line, before any work, the file untouched
     if args.pareto is None:
@@ -221,7 +221,7 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
     for name in ("time", "energy", "edp", "balanced"):
         obj = parse_objective(name)
         if all(t in pred for t in obj.needs):
-            picks[name] = int(_order(obj, pred, info)[0])
+            picks[name] = int(order_by_objective(obj, pred, info)[0])
     energy = "energy_j" in pred
     layout = ("t" if a_t else "n") + ("t" if b_t else "n")
     print(f"{m}x{n}x{k} {dtype} layout {layout} on {info.name}: {len(cands)} candidates ({predictor.path})")

@@ -160,9 +160,7 @@ def _measured(st, key: tuple, mkey: tuple, md: str, a: torch.Tensor, b: torch.Te
         _warn_once("verify-cap", "gpperf: %d shapes measured in this process (GPPERF_VERIFY_MAX_SHAPES); new shapes "
                    "take the prediction from now on", cap)  # fmt: skip
         return _fallback(st, key, mkey, "per-process cap reached")
-    res = measure(st, key, a, b, md)
-    st.memory[mkey] = res.choice
-    return res.choice
+    return measure(st, key, a, b, md).choice
 
 
 def measured_candidates(st, key: tuple, md: str) -> tuple[list[TileConfig | None], verify_policy.VerifyPolicy]:
@@ -172,11 +170,13 @@ def measured_candidates(st, key: tuple, md: str) -> tuple[list[TileConfig | None
 
 
 def measure(st, key: tuple, a: torch.Tensor, b: torch.Tensor, md: str = "verify", *, source: str = "") -> verify.Result:
-    """Measure the candidates of `key` on (a, b), record the result (table, CSV, stats) and return it."""
+    """Measure the candidates of `key` on (a, b), record the result (this process's memo for mode `md`, the table,
+    the CSV, the stats) and return it."""
     cands, policy = measured_candidates(st, key, md)
     res = verify.measure_candidates(a, b, cands, policy, max_shared_memory=st.info.max_shared_memory,
                                     host_ms=st.policy.host_ms)  # fmt: skip
     verify.record(res)
+    st.memory[_memo_key(key, md)] = res.choice
     tbl = table.for_device(st.info)
     if not tbl.read_only and res.times_ms:
         entry = table.Entry(choice=res.choice_key, m=int(key[0]), times_ms=dict(res.times_ms), noise=res.noise,

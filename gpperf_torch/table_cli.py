@@ -39,16 +39,16 @@ def _cmd_show(args: argparse.Namespace) -> int:
         print(f"gpperf-torch table: no verified tables in {cache_dir()}; pass PATH...", file=sys.stderr)
         return 2
     entries = _read(paths)
+    ordered = sorted(entries.items(), key=lambda kv: table.sort_key(kv[0]))
     if args.json:
-        recs = [{**dict(zip(table.KEY_FIELDS, k, strict=True)), **e.as_dict()} for k, e in sorted(entries.items(),
-                key=lambda kv: table.sort_key(kv[0]))]  # fmt: skip
+        recs = [{**dict(zip(table.KEY_FIELDS, k, strict=True)), **e.as_dict()} for k, e in ordered]
         json.dump(recs, sys.stdout, indent=1)
         sys.stdout.write("\n")
         return 0
     print(f"{len(entries)} entries in {', '.join(map(str, paths))}")
     print(f"{'gpu':24s} {'torch/triton':18s} {'M':>11s} {'N':>6s} {'K':>6s} {'b':>3s} {'dtype':8s} {'lay':3s}"
           f" {'choice':26s} {'gain':>6s} {'noise':>6s} measured (ms)")  # fmt: skip
-    for k, e in sorted(entries.items(), key=lambda kv: table.sort_key(kv[0])):
+    for k, e in ordered:
         f = dict(zip(table.KEY_FIELDS, k, strict=True))
         mr = f"{f['m_lo']}" if f["m_lo"] == f["m_hi"] else f"{f['m_lo']}-{f['m_hi']}"
         mr += "" if not f["m16"] else "*"

@@ -23,12 +23,14 @@ from . import kernels, selector, table, verify, verify_policy
 from .nn import GemmShape, record_shapes
 from .objectives import mode as mode_block
 from .ranking import TORCH
+from .state import state
 
 logger = logging.getLogger(__name__)
 
 
-def _operands(s: GemmShape, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random operands of one recorded GEMM with its layout (a transposed view where the op saw one)."""
+def operands(s: GemmShape, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random operands of one GEMM with its layout (a transposed view where the op saw one), seeded by its shape
+    (also the GPU check's noise check)."""
     dtype = getattr(torch, s.dtype)
     gen = torch.Generator(device="cpu").manual_seed(s.m * 131 + s.n * 17 + s.k)
 
@@ -88,7 +90,7 @@ def warmup(
     `remeasure` measures shapes the table already holds again."""
     shapes = record_shapes_quietly(model, example_inputs, backward)
     dev = _device_of(model, example_inputs)
-    st = selector._state(dev)
+    st = state(dev)
     tbl = table.for_device(st.info)
     steps = verify.bucket_steps()
     obj, tf32 = "time", bool(kernels.tf32_allowed())
@@ -101,22 +103,20 @@ def warmup(
                    "layout": "nt"[s.a_trans] + "nt"[s.b_trans], "calls": calls}  # fmt: skip
             entry = None if remeasure else tbl.lookup(key[:8], steps)
             if entry is not None:
-                row.update(source="table", backend="torch" if entry.choice == TORCH else "triton", config=entry.choice,
+                row.update(source="table", backend=_backend(entry.choice), config=entry.choice,
                            times_ms=dict(entry.times_ms), gain=entry.gain, noise=entry.noise)  # fmt: skip
             elif tbl.read_only:
                 cfg = selector.rank(st, key)[0][0]
-                row.update(source="predicted", backend="torch" if cfg is None else "triton",
-                           config=TORCH if cfg is None else cfg.key, times_ms={}, gain=float("nan"),
-                           noise=float("nan"))  # fmt: skip
+                choice = TORCH if cfg is None else cfg.key
+                row.update(source="predicted", backend=_backend(choice), config=choice, times_ms={},
+                           gain=float("nan"), noise=float("nan"))  # fmt: skip
             else:
-                a, b = _operands(s, dev)
+                a, b = operands(s, dev)
+                # Also remembered in this process: the exact shape is answered without a table lookup from now on.
                 res = selector.measure(st, key, a, b, "verify", source="warmup")
-                row.update(source="measured", backend="torch" if res.choice is None else "triton",
-                           config=res.choice_key, times_ms=dict(res.times_ms), gain=res.gain, noise=res.noise,
-                           compiles=res.compiles, compile_s=res.compile_s, bench_ms=res.bench_ms,
-                           errors=dict(res.errors))  # fmt: skip
-                # The process's own memo: this exact shape is answered without a table lookup from now on.
-                st.memory[selector._memo_key(key, "verify")] = res.choice
+                row.update(source="measured", backend=_backend(res.choice_key), config=res.choice_key,
+                           times_ms=dict(res.times_ms), gain=res.gain, noise=res.noise, compiles=res.compiles,
+                           compile_s=res.compile_s, bench_ms=res.bench_ms, errors=dict(res.errors))  # fmt: skip
             row["bucket"] = list(verify_policy.m_bucket(s.m, steps))
             report.append(row)
             bar.step(f"{s.m}x{s.n}x{s.k} {s.dtype} {row['layout']}: {row['config']} ({row['source']})")
@@ -128,6 +128,10 @@ def warmup(
         path = tbl.save(Path(save) if save is not None else None)
         logger.info("warmup: %d GEMMs, verified table saved to %s", len(report), path)
     return report
+
+
+def _backend(choice: str) -> str:
+    return "torch" if choice == TORCH else "triton"
 
 
 def record_shapes_quietly(model: nn.Module, example_inputs, backward: bool) -> list[tuple[GemmShape, int]]:
@@ -159,4 +163,4 @@ def format_report(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["format_report", "warmup"]
+__all__ = ["format_report", "operands", "warmup"]

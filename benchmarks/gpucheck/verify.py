@@ -189,6 +189,8 @@ def noise_check(table_path: str) -> dict:
 
     from gpperf_torch import kernels, measure, table
     from gpperf_torch.kernels import TileConfig
+    from gpperf_torch.nn import GemmShape
+    from gpperf_torch.warmup import operands
 
     entries, _, _ = table.read_file(Path(table_path))
     cuda = torch.cuda.is_available() and not kernels.interpreting()
@@ -199,11 +201,9 @@ def noise_check(table_path: str) -> dict:
         if e.choice == table.TORCH:
             continue
         f = dict(zip(table.KEY_FIELDS, key, strict=True))
-        dtype = getattr(torch, f["dtype"])
         m, n, k = e.m, f["n"], f["k"]
-        a = torch.randn(k, m, device=dev).to(dtype).t() if f["a_trans"] else torch.randn(m, k, device=dev).to(dtype)
-        b = torch.randn(n, k, device=dev).to(dtype).t() if f["b_trans"] else torch.randn(k, n, device=dev).to(dtype)
-        out = torch.empty(m, n, device=dev, dtype=dtype)
+        a, b = operands(GemmShape(m, n, k, f["dtype"], f["a_trans"], f["b_trans"], f["batch"]), dev)
+        out = torch.empty((*a.shape[:-1], n), device=dev, dtype=a.dtype)
         cfg = TileConfig.from_key(e.choice)
 
         def tri(a=a, b=b, out=out, cfg=cfg):
