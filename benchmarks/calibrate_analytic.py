@@ -1,4 +1,4 @@
-"""Calibrate the analytic fallback rule (selector.ANALYTIC_PARAMS) on the public data. Prints a table.
+"""Calibrate the analytic fallback rule (predictor/analytic.py, ANALYTIC_PARAMS) on the public data. Prints a table.
 
     python benchmarks/calibrate_analytic.py [--fit a100] [--check h100]
 
@@ -39,8 +39,9 @@ class Problem:
     """A public table reduced to what the rule needs: per-row config arrays and the group structure."""
 
     def __init__(self, gpu: str):
-        from gpperf_torch import dataset, kernels
-        from gpperf_torch.device import known_device
+        from gpperf_torch import kernels
+        from gpperf_torch.measure import dataset
+        from gpperf_torch.measure.device import known_device
 
         t = dataset.load_table([str(PUBLIC / f"{gpu}_mm.csv")])
         keep = t.ok & (t["backend"] == "triton")
@@ -57,7 +58,7 @@ class Problem:
         self.best = best
 
     def regret(self, params: dict) -> tuple[float, float, float]:
-        from gpperf_torch.selector import analytic_estimate
+        from gpperf_torch.predictor.analytic import analytic_estimate
 
         c = self.col
         est = analytic_estimate(c["m"], c["n"], c["k"], self.es, c["block_m"], c["block_n"], c["block_k"],
@@ -72,7 +73,7 @@ class Problem:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gpperf_torch.selector import ANALYTIC_PARAMS
+    from gpperf_torch.predictor.analytic import ANALYTIC_PARAMS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fit", default="a100", help="GPU whose data chooses the parameters")

@@ -53,7 +53,7 @@ HIGHER_IS_BETTER = {"speedup_vs_extern_geomean", "speedup_vs_extern_p10", "speed
 
 def _masks(table, gpu: str, files: list[Path]) -> dict[str, np.ndarray]:
     """Row masks by origin (train.file_sources: load_table keeps the files' order), and the file names."""
-    from gpperf_torch import train
+    from gpperf_torch.predictor import train
 
     src = train.file_sources([str(f) for f in files], table)
     hf = np.char.find(src, "_hf_") >= 0
@@ -68,7 +68,7 @@ def family_folds(table, mk: dict) -> dict[int, int]:
     """The target GPU's HF families (fitting.family_keys) in N_FAMILY_FOLDS folds of about equal numbers of
     groups (largest family first, each into the smallest fold): seed s holds out fold s % 3, so seeds 0-2 hold
     out every HF shape once, each with its whole family."""
-    from gpperf_torch.fitting import family_keys
+    from gpperf_torch.predictor.fitting import family_keys
 
     fam, gid = family_keys(table), table.group_id
     size = {f: len(np.unique(gid[mk["hf"] & (fam == f)])) for f in np.unique(fam[mk["hf"]]).tolist()}
@@ -81,8 +81,8 @@ def family_folds(table, mk: dict) -> dict[int, int]:
 
 def split_rows(table, mk: dict, gpu: str, test: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(test rows, train rows) of one test and seed."""
-    from gpperf_torch import train
-    from gpperf_torch.fitting import family_keys
+    from gpperf_torch.predictor import train
+    from gpperf_torch.predictor.fitting import family_keys
 
     if test == "rand2hf":
         test_rows = mk["hf"]
@@ -103,7 +103,7 @@ def split_rows(table, mk: dict, gpu: str, test: str, seed: int) -> tuple[np.ndar
 
 def load_gpu(data: Path, gpu: str, files: list[str] | None = None):
     """(table, masks) of one GPU's files (default FILES[gpu]), as every test of this script reads them."""
-    from gpperf_torch import dataset
+    from gpperf_torch.measure import dataset
 
     paths = [data / f for f in (files or FILES[gpu])]
     table = dataset.load_table([str(p) for p in paths])
@@ -113,7 +113,7 @@ def load_gpu(data: Path, gpu: str, files: list[str] | None = None):
 def fits(table, mk: dict, gpu: str, test: str, seeds, jobs: int, **fit_kw):
     """Per seed of one test: (seed, a model fitted on the training side, the test side's table); one fit each,
     no inner calibration (benchmarks/variant_frontier.py, verify_frontier.py)."""
-    from gpperf_torch import train
+    from gpperf_torch.predictor import train
 
     for seed in seeds:
         test_rows, train_rows = split_rows(table, mk, gpu, test, seed)
@@ -122,8 +122,8 @@ def fits(table, mk: dict, gpu: str, test: str, seeds, jobs: int, **fit_kw):
 
 
 def run_one(table, mk: dict, gpu: str, test: str, seed: int, inner: int, n_jobs: int) -> dict:
-    from gpperf_torch import train
-    from gpperf_torch.dispatch import NO_HOST_COST, Policy
+    from gpperf_torch.policy.dispatch import NO_HOST_COST, Policy
+    from gpperf_torch.predictor import train
 
     test_rows, train_rows = split_rows(table, mk, gpu, test, seed)
     kw = {"target_gpu": gpu, "n_jobs": n_jobs}
@@ -140,7 +140,7 @@ def run_one(table, mk: dict, gpu: str, test: str, seed: int, inner: int, n_jobs:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gpperf_torch import dataset
+    from gpperf_torch.measure import dataset
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)

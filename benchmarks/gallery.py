@@ -25,7 +25,9 @@ H200_RUN = REPO / "results/h200-20261126/tune.csv"
 
 
 def held_out_report(out: Path) -> list[Path]:
-    from gpperf_torch import dataset, report, train
+    from gpperf_torch.cli import report
+    from gpperf_torch.measure import dataset
+    from gpperf_torch.predictor import train
 
     # The shipped model's files (benchmarks/train_shipped.py): random shapes and HF model GEMMs, both GPUs.
     files = ("h100_mm.csv", "h100_hf_mm.csv", "a100_mm.csv", "a100_hf_mm.csv")

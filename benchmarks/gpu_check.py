@@ -96,8 +96,8 @@ def step_env(c: Check) -> dict:
             memory_gib=round(p.total_memory / 2**30, 1),
             cuda=torch.version.cuda,
         )
-        from gpperf_torch import measure
-        from gpperf_torch.device import current_device
+        from gpperf_torch.measure import timing as measure
+        from gpperf_torch.measure.device import current_device
 
         d = current_device()
         info.update(
@@ -212,9 +212,11 @@ def step_overhead(c: Check) -> dict:
         import selection_overhead
     finally:
         sys.path.pop(0)
-    from gpperf_torch import dispatch, selector
+    from gpperf_torch.paths import cache_dir
+    from gpperf_torch.policy import dispatch
+    from gpperf_torch.selection import selector
 
-    cache = selector.cache_dir()  # before measure(), which points GPPERF_CACHE_DIR at a temporary directory
+    cache = cache_dir()  # before measure(), which points GPPERF_CACHE_DIR at a temporary directory
     selector.reset()  # the shipped model for this GPU, not the e2e step's split model
     res = selection_overhead.measure(repeats=60 if c.dry else 200)
     host = res.get("host_us_per_call", {})

@@ -31,8 +31,9 @@ import torch
 
 os.environ.setdefault("GPPERF_DISK_CACHE", "0")
 
-from gpperf_torch import kernels, ranking, selector  # noqa: E402
-from gpperf_torch.device import device_for  # noqa: E402
+from gpperf_torch import kernels
+from gpperf_torch.measure.device import device_for  # noqa: E402
+from gpperf_torch.selection import ranking, select_cache, selector, state  # noqa: E402
 
 
 def _stats(samples_s: list[float]) -> tuple[float, float]:
@@ -138,7 +139,7 @@ def disk_load(info, n: int = 1000) -> float:
     with tempfile.TemporaryDirectory() as d:
         os.environ["GPPERF_CACHE_DIR"] = d
         os.environ["GPPERF_DISK_CACHE"] = "1"
-        cache = selector._DiskCache(info, "bench")
+        cache = select_cache.DiskCache(info, "bench")
         sel = {f"{i},{i + 1},{i + 2},1,float16,0,1,0,time": "128x128x64_g8_s1_w8_st3" for i in range(n)}
         Path(cache.path).parent.mkdir(parents=True, exist_ok=True)
         Path(cache.path).write_text(json.dumps({"version": 1, "selections": sel}))
@@ -155,7 +156,7 @@ def disk_load(info, n: int = 1000) -> float:
 
 def features_300(info, repeats: int) -> tuple[float, float]:
     """shape_features for one shape and 300 candidate configs (the features half of first sight)."""
-    from gpperf_torch.features import config_matrix, shape_features
+    from gpperf_torch.predictor.features import config_matrix, shape_features
 
     C = config_matrix(kernels.candidate_space()[:300])
     shape_features(2048, 2048, 2048, "float16", 0, 0, 0, C, info)
@@ -170,7 +171,7 @@ def features_300(info, repeats: int) -> tuple[float, float]:
 
 def model_loads(repeats: int = 5) -> dict[str, tuple[float, float]]:
     """Predictor.load of each shipped model: (median, max) seconds over `repeats` loads after a first one."""
-    from gpperf_torch.predictor import Predictor, list_shipped, shipped_model
+    from gpperf_torch.predictor.runtime import Predictor, list_shipped, shipped_model
 
     res = {}
     for name in list_shipped():
@@ -189,7 +190,7 @@ def measure(gpu: str | None = None, repeats: int = 300) -> dict:
     """All rows of the table as a dict (also used by the GPU check)."""
     torch.set_num_threads(1)
     info = device_for(gpu=gpu or (None if torch.cuda.is_available() else "h100"))
-    st = selector._State(info)
+    st = state.State(info)
     rng = np.random.default_rng(0)
     first_sight(st, 30, 20, rng)  # warm onnxruntime
     res: dict = {"device": info.name, "model": str(st.model.path) if st.model else "analytic rule"}

@@ -38,8 +38,9 @@ TRAIN_FILES = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gpperf_torch import dataset, train
-    from gpperf_torch.predictor import Predictor
+    from gpperf_torch.measure import dataset
+    from gpperf_torch.predictor import train
+    from gpperf_torch.predictor.runtime import Predictor
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)

@@ -66,8 +66,8 @@ def parse_variant(spec: str, gpu: str) -> tuple[list[str], dict]:
 
 def frontier(samples: np.ndarray) -> dict:
     """Regret, and the geomean and share below 0.97x at every z of the calibration grid, of one test's samples."""
-    from gpperf_torch.dispatch import DEFAULT_Z_UNALIGNED
-    from gpperf_torch.evaluation import Z_GRID, dispatch_metrics, speedups_at
+    from gpperf_torch.policy.dispatch import DEFAULT_Z_UNALIGNED
+    from gpperf_torch.predictor.evaluation import Z_GRID, dispatch_metrics, speedups_at
 
     ms = [dispatch_metrics(*speedups_at(samples, z, z_unaligned=DEFAULT_Z_UNALIGNED)) for z in Z_GRID]
     return {
@@ -79,7 +79,7 @@ def frontier(samples: np.ndarray) -> dict:
 
 def summary_line(rows: list[dict]) -> str:
     """The printed cells of one variant and test: means over seeds, one z for every seed."""
-    from gpperf_torch.evaluation import MAX_SLOWER_SHARE, Z_GRID
+    from gpperf_torch.predictor.evaluation import MAX_SLOWER_SHARE, Z_GRID
 
     regret = np.mean([r["regret"] for r in rows])
     geo, slow = np.mean([r["geo"] for r in rows], axis=0), np.mean([r["slow"] for r in rows], axis=0)
@@ -90,8 +90,8 @@ def summary_line(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gpperf_torch.dispatch import NO_HOST_COST, Policy
-    from gpperf_torch.evaluation import dispatch_samples
+    from gpperf_torch.policy.dispatch import NO_HOST_COST, Policy
+    from gpperf_torch.predictor.evaluation import dispatch_samples
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=de.DEFAULT_DATA)

@@ -43,9 +43,10 @@ POLICIES = ("predict", "verify:1", "verify:2", "verify:3", "verify:4", "verify",
 
 
 def _row_metrics(model, test) -> dict[str, dict]:
-    from gpperf_torch import train, verify_policy
-    from gpperf_torch.dispatch import NO_HOST_COST, Policy
-    from gpperf_torch.verify_eval import verify_metrics
+    from gpperf_torch.policy import verify_policy
+    from gpperf_torch.policy.dispatch import NO_HOST_COST, Policy
+    from gpperf_torch.predictor import train
+    from gpperf_torch.predictor.verify_eval import verify_metrics
 
     out = {}
     m = train.evaluate(model, test, policy=Policy(z=1.0, host_ms=dict(NO_HOST_COST)))
@@ -86,7 +87,7 @@ BINS = (0.125, 0.25, 0.5, 1.0, 1.01, 2.0, math.inf)  # upper edges of |log2(M ra
 
 
 def _shapes(table) -> list[dict]:
-    from gpperf_torch.evaluation import _groups
+    from gpperf_torch.predictor.evaluation import _groups
 
     out = []
     for g in _groups(table):
@@ -113,8 +114,8 @@ def _transfer(a: dict, b: dict) -> float | None:
 
 
 def buckets(args) -> None:
-    from gpperf_torch import dataset
-    from gpperf_torch.verify_policy import m_bucket
+    from gpperf_torch.measure import dataset
+    from gpperf_torch.policy.verify_policy import m_bucket
 
     print(f"{'file':16s} {'|log2 M ratio|':>15s} {'pairs':>6s} {'loss':>7s} {'<0.97x':>7s} {'worst':>6s}")
     for f in ("h100_mm.csv", "h100_hf_mm.csv", "a100_mm.csv", "a100_hf_mm.csv"):

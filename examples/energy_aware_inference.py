@@ -34,7 +34,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before gpperf_torch imports the kernel
 
 import gpperf_torch as gp  # noqa: E402
-from gpperf_torch import measure  # noqa: E402
+from gpperf_torch.measure import timing as measure  # noqa: E402
 
 PLAIN = "plain PyTorch"
 

@@ -4,9 +4,9 @@ The same flow as the command line (`gpperf-torch tune` -> `gpperf-torch train` -
 
 1. `gpperf_torch.record_shapes(model, example_inputs)` runs the model once, forward and backward, and returns
    every GEMM its Linear layers produce (M, N, K, dtype, layout, count);
-2. `gpperf_torch.tune.tune(...)` measures those shapes over a fixed set of tile configs (plus torch.matmul),
+2. `gpperf_torch.tune(...)` measures those shapes over a fixed set of tile configs (plus torch.matmul),
    time and, on a GPU with NVML, energy, into a resumable CSV;
-3. `gpperf_torch.train.train_and_export(...)` fits the predictor on the CSV and writes model.onnx + model.json;
+3. `gpperf_torch.predictor.train.train_and_export(...)` fits the predictor on the CSV, writing model.onnx + model.json;
 4. `gpperf_torch.set_model(dir)` makes the op select with it; `gpperf_torch.explain` shows each shape's choice.
 
     python examples/offline_tuning.py --out runs/mymlp             # GPU: a 4096-wide MLP, ~48 configs, 5 min
@@ -19,7 +19,6 @@ rows marked interpreted=1): the flow is real, the model it trains describes the 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 import tempfile
@@ -34,9 +33,7 @@ if not torch.cuda.is_available():
 
 import gpperf_torch as gp  # noqa: E402
 from gpperf_torch import kernels  # noqa: E402
-
-# `gpperf_torch.tune` is also a function on the package (a lazy shortcut): take the module explicitly.
-tune_mod = importlib.import_module("gpperf_torch.tune")
+from gpperf_torch.tuning.plan import sample_configs  # noqa: E402
 
 LAYOUT_NAMES = {(False, False): "nn", (False, True): "nt", (True, False): "tn", (True, True): "tt"}
 # Small tiles for the interpreter: each program instance costs the same whatever its size, so these keep the
@@ -98,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from gpperf_torch import train  # offline extras: scikit-learn, skl2onnx
+    from gpperf_torch.predictor import train  # offline extras: scikit-learn, skl2onnx
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -138,20 +135,20 @@ def _main(args: argparse.Namespace) -> int:
         if mnk not in by_layout[lay]:
             by_layout[lay].append(mnk)
     if cuda:
-        from gpperf_torch.device import current_device
+        from gpperf_torch.measure.device import current_device
 
         info = current_device()
         space = kernels.candidate_space(
             elem_size=kernels.elem_size(dtype_name), max_shared_memory=info.max_shared_memory
         )
         # One fixed sample for every shape: the predictor learns configs it has seen across shapes.
-        configs = tune_mod.sample_configs(space, args.configs or 48, seed=args.seed, key="offline_tuning")
+        configs = sample_configs(space, args.configs or 48, seed=args.seed, key="offline_tuning")
     else:
         configs = CPU_CONFIGS[: args.configs or len(CPU_CONFIGS)]
     budget = args.budget_s or (300.0 if cuda else 120.0)
     written = 0
     for lay, shapes in by_layout.items():
-        summary = tune_mod.tune(
+        summary = gp.tune(
             csv_path,
             shapes=shapes,
             dtypes=[dtype_name],
@@ -174,8 +171,8 @@ def _main(args: argparse.Namespace) -> int:
     print(f"   -> {csv_path} ({written} new rows, {len(configs)} configs + torch.matmul per shape)")
 
     # 3. Train: hold out some shapes for honest metrics, then refit on all of them (few shapes here).
-    from gpperf_torch import dataset
-    from gpperf_torch.predictor import Predictor
+    from gpperf_torch.measure import dataset
+    from gpperf_torch.predictor.runtime import Predictor
 
     n_groups = dataset.load_table(csv_path, include_interpreted=not cuda).n_groups
     fit_jobs = -1 if cuda else 1

@@ -24,7 +24,10 @@ from .errors import DeviceMismatchError, DtypeError, ModelError, ShapeError
 from .kernels import TileConfig, candidate_space
 from .nn import Linear, patch, record_shapes, recording, unpatch
 from .ops import linear, matmul
-from .selector import explain, flush, mode, objective, set_model, verify_stats
+from .selection.explain import explain
+from .selection.objectives import mode, objective
+from .selection.selector import flush, verify_stats
+from .selection.state import set_model
 from .warmup import format_report as format_warmup
 from .warmup import warmup
 
@@ -57,9 +60,10 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # `gpperf_torch.tune(...)`: the offline tuning run, imported on first use (not needed at run time).
+    # `gpperf_torch.tune(...)`: the offline tuning run (tuning/tune.py), imported on first use: the op never needs
+    # the tuner, and importing it here would make every `import gpperf_torch` pay for it.
     if name == "tune":
-        import importlib
+        from .tuning.tune import tune
 
-        return importlib.import_module(".tune", __name__)
+        return tune
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,10 +13,13 @@ import logging
 import torch
 from torch import Tensor
 
-from . import kernels, selector
+from . import kernels
 from .errors import DeviceMismatchError, DtypeError, ShapeError
 from .kernels import TileConfig
 from .once import WarnOnce
+from .selection import selector
+from .selection.objectives import parse_objective
+from .selection.state import max_shared_memory
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +82,7 @@ def _run(a: Tensor, b: Tensor, bias: Tensor | None, config: str | None, objectiv
     if choice is None:  # the model predicts torch.matmul (cuBLAS) is better for this objective
         return _torch_mm(a, b, bias)
     try:
-        return kernels.launch(
-            a, b, cfg=choice, max_shared_memory=selector.max_shared_memory(a.device), bias=bias, check=False
-        )
+        return kernels.launch(a, b, cfg=choice, max_shared_memory=max_shared_memory(a.device), bias=bias, check=False)
     except _TRITON_ERRORS as e:
         shape = f"{tuple(a.shape)} @ {tuple(b.shape)} {a.dtype} on {a.device}"
         if cfg is not None:
@@ -117,7 +118,7 @@ def _run_captured(a: Tensor, b: Tensor, bias: Tensor | None, config: str | None,
             a,
             b,
             cfg=choice,
-            max_shared_memory=selector.max_shared_memory(a.device),
+            max_shared_memory=max_shared_memory(a.device),
             bias=bias,
             check=False,
             compiled_only=True,
@@ -332,8 +333,6 @@ def _matmul_general(a: Tensor, b: Tensor, config: TileConfig | str | None, objec
     if config is not None:
         cfg = config if isinstance(config, TileConfig) else TileConfig.from_key(config)
         if a.dtype in _KERNEL_DTYPES:
-            from .selector import max_shared_memory
-
             reason = kernels.check_config(
                 cfg, elem_size=kernels.elem_size(a.dtype), max_shared_memory=max_shared_memory(a.device)
             )
@@ -341,8 +340,6 @@ def _matmul_general(a: Tensor, b: Tensor, config: TileConfig | str | None, objec
                 raise ValueError(f"config {cfg.key} cannot run for {a.dtype} on {a.device}: {reason}")
         key = cfg.key
     if objective is not None:
-        from .selector import parse_objective
-
         parse_objective(objective)  # fail here, at the call, not deep inside the op
     if a.numel() == 0 or b.numel() == 0:
         # An empty GEMM (M, N, K or a batch of 0): torch's result (empty, or zeros for K = 0), no selection.

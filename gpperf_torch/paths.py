@@ -1,13 +1,16 @@
 """Where gpperf keeps its files: the user cache directory (selections, verified tables, host costs, measurements).
 
-A leaf module (standard library and platformdirs only), so that every room that writes a file can ask for the
-directory without importing the selector that calls it.
+A leaf module (standard library, platformdirs and errors only), so that every room that writes a file can ask
+for the directory without importing the selector that calls it; and `check_output_dir`, the check every command
+and the training library run on an output directory before their work.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from .errors import UserError
 
 
 def cache_dir() -> Path:
@@ -28,4 +31,14 @@ def slug(name: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in name)
 
 
-__all__ = ["cache_dir", "slug"]
+def check_output_dir(path: str | Path, what: str = "--out") -> Path:
+    """`path` as a directory to write into (created later by the command); UserError when it exists as a file."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UserError(
+            f"{p}: {what} exists and is a file, not a directory; it was left as it is: pass a new path or a directory"
+        )
+    return p
+
+
+__all__ = ["cache_dir", "check_output_dir", "slug"]

@@ -19,11 +19,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import kernels, selector, table, verify, verify_policy
+from . import kernels
 from .nn import GemmShape, record_shapes
-from .objectives import mode as mode_block
-from .ranking import TORCH
-from .state import state
+from .policy import verify_policy
+from .selection import selector, table, verify
+from .selection.objectives import mode as mode_block
+from .selection.ranking import TORCH, rank
+from .selection.state import state
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +108,7 @@ def warmup(
                 row.update(source="table", backend=_backend(entry.choice), config=entry.choice,
                            times_ms=dict(entry.times_ms), gain=entry.gain, noise=entry.noise)  # fmt: skip
             elif tbl.read_only:
-                cfg = selector.rank(st, key)[0][0]
+                cfg = rank(st, key)[0][0]
                 choice = TORCH if cfg is None else cfg.key
                 row.update(source="predicted", backend=_backend(choice), config=choice, times_ms={},
                            gain=float("nan"), noise=float("nan"))  # fmt: skip

@@ -1,4 +1,9 @@
-"""Pure-Triton kernels of gpperf-torch (installed as ``gpperf_torch.kernels``)."""
+"""Pure-Triton kernels of gpperf-torch (installed as ``gpperf_torch.kernels``).
+
+Owns the `@triton.jit` matmul and its wrapper (`matmul`), `TileConfig` and the candidate space (`configs`), the
+lean launcher (`launcher`) and the cross-compiled facts of each config (`crosscompile`, `facts`, `build_facts`).
+Imports no other part of gpperf_torch, nor torch.library, ONNX or NVML.
+"""
 
 from .configs import (
     CANDIDATE_GRID,

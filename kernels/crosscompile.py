@@ -286,9 +286,10 @@ def facts_many(jobs: list[tuple[TileConfig, CompileClass]], *, with_sass: bool =
         return [facts(cfg, cls, with_sass=with_sass) for cfg, cls in jobs]
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    import gpperf_torch
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(gpperf_torch.__file__)))  # checkout or site-packages
+    # The folder that holds the package this module was imported through (a checkout or site-packages), read off
+    # the already loaded parent package: the kernels import nothing else of gpperf_torch.
+    top = sys.modules[__name__.partition(".")[0]]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(top.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in [root, env.get("PYTHONPATH", "")] if p)
     cmd = [sys.executable, "-c", "from gpperf_torch.kernels.crosscompile import _worker; _worker()"]
     lines = "".join(

@@ -23,7 +23,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def fresh_selector(monkeypatch, tmp_path):
     """A selector with no loaded models or cached choices, caching into this test's own folder."""
-    from gpperf_torch import selector
+    from gpperf_torch.selection import selector
 
     monkeypatch.setenv("GPPERF_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("GPPERF_DISK_CACHE", "0")
@@ -46,10 +46,10 @@ def measuring(fresh_selector, synthetic_model, monkeypatch):
     no GPPERF_TABLE: the selection state of the measured-dispatch tests."""
     import torch
 
-    from gpperf_torch import selector
+    from gpperf_torch.selection import selector, state
 
     monkeypatch.setenv("GPPERF_HOST_COST", "0")
     monkeypatch.delenv("GPPERF_TABLE", raising=False)
     selector.reset()
-    selector.set_model(str(synthetic_model), "cpu")
+    state.set_model(str(synthetic_model), "cpu")
     return selector._state(torch.device("cpu"))

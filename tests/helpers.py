@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from gpperf_torch import kernels
-from gpperf_torch.dataset import COLUMNS, KEY_COLUMNS
 from gpperf_torch.kernels import TileConfig
+from gpperf_torch.measure.dataset import COLUMNS, KEY_COLUMNS
 
 # Where kernel and op tests run: the Triton interpreter on the CPU, and a GPU when there is one.
 DEVICES = [
@@ -113,7 +113,8 @@ def keys(rows):
 def export_synthetic_model(folder, *, seed: int = 0, energy: bool = False):
     """A small model trained on synthetic_rows, exported to `folder` (model.onnx + model.json); needs sklearn."""
     pytest.importorskip("sklearn", reason="training a test model needs the [train] extra")
-    from gpperf_torch import dataset, train
+    from gpperf_torch.measure import dataset
+    from gpperf_torch.predictor import train
 
     fitted = train.fit(dataset.from_rows(synthetic_rows(energy)), seed=seed, n_jobs=1, n_estimators=20)
     train.export(fitted, folder, {"provenance": "synthetic test data"})

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from gpperf_torch import dataset, kernels
-from gpperf_torch.cli import build_parser
-from gpperf_torch.cli import main as cli_main
-from gpperf_torch.predictor import model_paths, shipped_model
+from gpperf_torch import kernels
+from gpperf_torch.cli.main import build_parser
+from gpperf_torch.cli.main import main as cli_main
+from gpperf_torch.measure import dataset
+from gpperf_torch.predictor.runtime import model_paths, shipped_model
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("missing", "empty", "truncated", "binary", "wrong_format")
@@ -302,7 +303,7 @@ def test_interpreted_rows_say_why_and_what_to_pass(tmp_path, capsys):
 # ---- a few true subprocess checks: the installed entry point's stderr, whole -------------------------------------
 def _run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "1", "GPPERF_DISK_CACHE": "0"}
-    code = "import sys; from gpperf_torch.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from gpperf_torch.cli.main import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, cwd=cwd,
                           timeout=300)  # fmt: skip
 

@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 import gpperf_torch as gp
-from gpperf_torch import kernels, ops, selector
+from gpperf_torch import kernels, ops
 from gpperf_torch.kernels import TileConfig
 from gpperf_torch.kernels import matmul as kmatmul
+from gpperf_torch.selection import selector
 
 from helpers import DEVICES, assert_close_to_reference, randn
 

@@ -10,9 +10,9 @@ import math
 
 import pytest
 
-from gpperf_torch import dataset
 from gpperf_torch.errors import DataFileError
 from gpperf_torch.kernels import TileConfig
+from gpperf_torch.measure import dataset
 
 CFG = TileConfig(32, 32, 32, num_warps=4, num_stages=3)
 
@@ -108,7 +108,7 @@ def test_torn_row_example_from_the_issue(tmp_path, caplog):
     full = write_ours(path, our_rows(3))
     cut = full.rindex(b"291.222".replace(b"291", b"293")) + 2  # the last row's time_ms, after "29"
     path.write_bytes(full[:cut])
-    with caplog.at_level(logging.WARNING, logger="gpperf_torch.dataset"):
+    with caplog.at_level(logging.WARNING, logger="gpperf_torch.measure.dataset"):
         t = dataset.load_table(path)
     assert len(t) == 2 and all(x > 290 for x in t["time_ms"].tolist())
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -131,7 +131,7 @@ def test_unparseable_value_in_ours_drops_the_row(tmp_path, caplog, column, value
     rows[2][column] = value  # row 2 is a Triton row
     path = tmp_path / "bad.csv"
     before = write_ours(path, rows)
-    with caplog.at_level(logging.WARNING, logger="gpperf_torch.dataset"):
+    with caplog.at_level(logging.WARNING, logger="gpperf_torch.measure.dataset"):
         t = dataset.load_table(path)
     assert len(t) == 3 and 64 * 3 not in t["m"].tolist()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -152,7 +152,7 @@ def test_unparseable_value_in_public_drops_the_row(tmp_path, caplog, line, old, 
     lines[line] = lines[line].replace(old, new, 1)
     path = tmp_path / "pub.csv"
     write_public(path, lines)
-    with caplog.at_level(logging.WARNING, logger="gpperf_torch.dataset"):
+    with caplog.at_level(logging.WARNING, logger="gpperf_torch.measure.dataset"):
         t = dataset.load_table(path)
     assert len(t) == 2
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -167,7 +167,7 @@ def test_rows_with_a_wrong_number_of_fields_are_counted_in_one_warning(tmp_path,
     full[1] = full[1].rsplit(",", 3)[0]
     full[3] = full[3] + extra if extra else full[3].rsplit(",", 1)[0]
     path.write_text("\n".join(full) + "\n")
-    with caplog.at_level(logging.WARNING, logger="gpperf_torch.dataset"):
+    with caplog.at_level(logging.WARNING, logger="gpperf_torch.measure.dataset"):
         t = dataset.load_table(path)
     assert len(t) == 2
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from gpperf_torch import dispatch
-from gpperf_torch.dispatch import NO_HOST_COST, Policy, decide, padded_work
-from gpperf_torch.features import config_matrix
 from gpperf_torch.kernels import TileConfig
+from gpperf_torch.policy import dispatch
+from gpperf_torch.policy.dispatch import NO_HOST_COST, Policy, decide, padded_work
+from gpperf_torch.predictor.features import config_matrix
 
 KERNEL = Policy(z=1.0, host_ms=dict(NO_HOST_COST))
 

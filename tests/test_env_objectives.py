@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from gpperf_torch import env, selector
-from gpperf_torch.cli import main as cli_main
+import gpperf_torch as gp
+from gpperf_torch import env
+from gpperf_torch.cli.main import main as cli_main
+from gpperf_torch.selection import selector
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +55,7 @@ def test_objective_of_another_type_is_a_type_error(spec):
 @pytest.mark.parametrize("spec", ["power_cap:nan", "balanced:x", "bogus"])
 def test_context_manager_refuses_before_the_block(spec):
     entered = False
-    with pytest.raises(ValueError), selector.objective(spec):
+    with pytest.raises(ValueError), gp.objective(spec):
         entered = True
     assert not entered
 
@@ -62,13 +64,13 @@ def test_context_manager_refuses_before_the_block(spec):
     ("name", "want"), [("VERIFY", "verify"), ("Predict", "predict"), (" exhaustive ", "exhaustive")]
 )
 def test_mode_is_case_insensitive(name, want):
-    with selector.mode(name) as got:
+    with gp.mode(name) as got:
         assert got == want and selector._mode_var.get() == want
 
 
 @pytest.mark.parametrize("name", ["", "fast", "verify2", "predict,verify"])
 def test_unknown_mode_is_refused(name):
-    with pytest.raises(ValueError, match="unknown mode"), selector.mode(name):
+    with pytest.raises(ValueError, match="unknown mode"), gp.mode(name):
         pass
 
 
@@ -131,7 +133,7 @@ def test_disk_cache_flag_values(monkeypatch, raw, want):
     ("GPPERF_VERIFY_TOP_K", "2.5", 3),
 ])  # fmt: skip
 def test_other_bad_variables_fall_back_with_a_warning(monkeypatch, caplog, var, raw, default):
-    from gpperf_torch.verify import verify_top_k
+    from gpperf_torch.selection.verify import verify_top_k
 
     monkeypatch.setenv(var, raw)
     env._warned.clear()
@@ -142,7 +144,7 @@ def test_other_bad_variables_fall_back_with_a_warning(monkeypatch, caplog, var, 
 
 
 def test_verify_top_k_reads_a_good_value(monkeypatch):
-    from gpperf_torch.verify import verify_top_k
+    from gpperf_torch.selection.verify import verify_top_k
 
     monkeypatch.setenv("GPPERF_VERIFY_TOP_K", "5")
     assert verify_top_k() == 5
@@ -164,7 +166,7 @@ def test_cli_help_in_process_survives_bad_environment(monkeypatch, capsys):
 
 def test_import_and_help_in_a_fresh_process_survive_bad_environment():
     """The true check: a new interpreter, the variables set before `import gpperf_torch`."""
-    code = "import gpperf_torch, math; from gpperf_torch.cli import main; main(['--help'])"
+    code = "import gpperf_torch, math; from gpperf_torch.cli.main import main; main(['--help'])"
     environ = {
         **os.environ, "PYTHONPATH": str(ROOT), "GPPERF_OBJECTIVE": "bogus", "GPPERF_MODE": "VERIFY!",
         "GPPERF_DISK_CACHE": "perhaps", "GPPERF_VERIFY_TOP_K": "many",

@@ -16,13 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpperf_torch import dataset, selector
-from gpperf_torch.cli import main as cli_main
+from gpperf_torch.cli.main import main as cli_main
+from gpperf_torch.measure import dataset
+from gpperf_torch.selection import selector
 
 from helpers import FAST, FRUGAL, SLOW, synthetic_rows
 
 pytest.importorskip("sklearn", reason="training a test model needs the [train] extra")
-from gpperf_torch import train  # noqa: E402
+from gpperf_torch.predictor import train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CUDA = torch.cuda.is_available()

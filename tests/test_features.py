@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpperf_torch import dataset
-from gpperf_torch.device import KNOWN_DEVICES
-from gpperf_torch.features import (
+from gpperf_torch.kernels.configs import TileConfig, candidate_space
+from gpperf_torch.measure import dataset
+from gpperf_torch.measure.device import KNOWN_DEVICES
+from gpperf_torch.predictor.features import (
     CONFIG_FIELDS,
     FEATURE_NAMES,
     N_FEATURES,
@@ -16,7 +17,6 @@ from gpperf_torch.features import (
     shape_features,
     table_features,
 )
-from gpperf_torch.kernels.configs import TileConfig, candidate_space
 
 H100 = KNOWN_DEVICES["h100"]
 
@@ -117,8 +117,8 @@ def test_mma_kind(dtype, a_trans, b_trans, tf32, cfg, device, kind):
 
 def test_leading_dimension_alignment():
     """a_ld_align / b_ld_align: log2 of the leading dimension's alignment in bytes, capped at 16 B."""
-    from gpperf_torch.device import known_device
-    from gpperf_torch.features import config_matrix, feature_index, shape_features
+    from gpperf_torch.measure.device import known_device
+    from gpperf_torch.predictor.features import config_matrix, feature_index, shape_features
 
     dev = known_device("h100")
     cfg = config_matrix([None])

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import gpperf_torch as gp
-from gpperf_torch import ops, selector
-from gpperf_torch.predictor import shipped_model
+from gpperf_torch import ops
+from gpperf_torch.predictor.runtime import shipped_model
+from gpperf_torch.selection import selector
 
 from helpers import DEVICES, randn
 

@@ -75,8 +75,9 @@ def test_noise_check_retimes_verified_triton_choices(tmp_path):
         sys.path.pop(0)
     import torch
 
-    from gpperf_torch import table, verify_policy
-    from gpperf_torch.device import device_for
+    from gpperf_torch.measure.device import device_for
+    from gpperf_torch.policy import verify_policy
+    from gpperf_torch.selection import table
 
     info = device_for(torch.device("cpu"))
     key = verify_policy.bucket_key((20, 16, 24, 1, "float32", False, True, False))

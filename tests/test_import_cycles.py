@@ -1,6 +1,7 @@
 """The package's import graph has no cycles: no module imports one that (directly or through others) imports it.
-Every import counts, at module level or inside a function, TYPE_CHECKING blocks included: data flows one way
-(ops -> selector -> policy, predictor, features, measurement, table), as DESIGN and issue 20 ask."""
+Every import counts, at module level or inside a function, TYPE_CHECKING blocks included. And the rooms keep
+their order (DESIGN, issue 25): data flows down, cli -> front -> selection -> predictor -> policy / measure ->
+kernels, with tuning beside the predictor, so no room imports one above it."""
 
 from __future__ import annotations
 
@@ -90,7 +91,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_import_cycles():
     graph = import_graph()
-    assert len(graph) > 40 and "gpperf_torch.selector" in graph
+    assert len(graph) > 40 and "gpperf_torch.selection.selector" in graph
     found = cycles(graph)
     detail = "; ".join(" <-> ".join(c) + f" ({', '.join(f'{a} -> {sorted(graph[a] & set(c))}' for a in c)})"
                        for c in found)  # fmt: skip
@@ -103,9 +104,76 @@ def test_the_detector_finds_a_cycle():
 
 def test_the_selection_path_is_one_way():
     graph = import_graph()
-    callees = ("objectives", "state", "ranking", "verify_policy", "verify", "table", "dispatch", "predictor",
-               "features", "measure")  # fmt: skip
+    callees = ("objectives", "state", "ranking", "verify", "table", "select_cache", "explain")
     for name in callees:
-        assert "gpperf_torch.selector" not in graph[f"gpperf_torch.{name}"], f"{name} imports the selector"
-        assert "gpperf_torch.ops" not in graph[f"gpperf_torch.{name}"], f"{name} imports the op"
-    assert "gpperf_torch.selector" in graph["gpperf_torch.ops"]
+        deps = graph[f"gpperf_torch.selection.{name}"]
+        assert "gpperf_torch.selection.selector" not in deps, f"{name} imports the selector"
+        assert "gpperf_torch.ops" not in deps, f"{name} imports the op"
+    assert "gpperf_torch.selection.selector" in graph["gpperf_torch.ops"]
+
+
+FRONT = ("gpperf_torch", "gpperf_torch.ops", "gpperf_torch.nn", "gpperf_torch.warmup")
+BASICS = ("gpperf_torch.errors", "gpperf_torch.env", "gpperf_torch.paths", "gpperf_torch.once")
+ROOMS = ("cli", "selection", "predictor", "policy", "measure", "tuning", "kernels")
+# What each room may import besides itself and the shared basics: the rooms below it (DESIGN.md).
+MAY_IMPORT = {
+    # the package itself is the public API: the front, and `gpperf_torch.tuning.tune` (the tuner, imported on first use)
+    "api": {"front", "selection", "predictor", "policy", "measure", "tuning", "kernels"},
+    "cli": {"front", "selection", "predictor", "policy", "measure", "tuning", "kernels"},
+    "front": {"selection", "predictor", "policy", "measure", "kernels"},
+    "selection": {"predictor", "policy", "measure", "kernels"},
+    "predictor": {"policy", "measure", "kernels"},
+    "tuning": {"measure", "kernels"},
+    "policy": set(),
+    "measure": {"kernels"},
+    "basics": set(),
+    "kernels": set(),
+}
+
+
+def room_of(module: str) -> str:
+    if module == "gpperf_torch":
+        return "api"
+    if module in FRONT:
+        return "front"
+    if module in BASICS:
+        return "basics"
+    parts = module.split(".")
+    if parts[0] == "gpucheck":
+        return "gpucheck"
+    assert len(parts) >= 2 and parts[1] in ROOMS, f"{module} is in no room: add it to one (DESIGN.md)"
+    return parts[1]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    wrong = []
+    for mod, deps in sorted(graph.items()):
+        room = room_of(mod)
+        if room == "gpucheck":
+            continue
+        for dep in sorted(deps):
+            other = room_of(dep)
+            if other not in (room, "basics") and other not in MAY_IMPORT[room]:
+                wrong.append(f"{mod} ({room}) -> {dep} ({other})")
+    return wrong
+
+
+def test_the_rooms_import_only_the_rooms_below_them():
+    wrong = upward_imports(import_graph())
+    assert not wrong, "imports against the rooms' order: " + "; ".join(wrong)
+
+
+def test_the_room_check_finds_an_upward_import():
+    graph = {"gpperf_torch.predictor.runtime.fitting": {"gpperf_torch.selection.state", "gpperf_torch.env"},
+             "gpperf_torch.measure.timing.timing": {"gpperf_torch.kernels.matmul"},
+             "gpperf_torch.kernels.matmul": {"gpucheck.common"}}  # fmt: skip
+    assert upward_imports(graph) == [
+        "gpperf_torch.kernels.matmul (kernels) -> gpucheck.common (gpucheck)",
+        "gpperf_torch.predictor.runtime.fitting (predictor) -> gpperf_torch.selection.state (selection)",
+    ]
+
+
+def test_the_top_level_is_the_front_and_the_basics():
+    top = sorted(p.stem for p in (ROOT / "gpperf_torch").glob("*.py"))
+    assert len(top) <= 10, top
+    assert {f"gpperf_torch.{m}" if m != "__init__" else "gpperf_torch" for m in top} == set(FRONT) | set(BASICS)

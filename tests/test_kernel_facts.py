@@ -18,6 +18,8 @@ from gpperf_torch.kernels import facts as F
 from gpperf_torch.kernels import matmul as matmul_mod
 from gpperf_torch.kernels.configs import mma_family
 from gpperf_torch.kernels.crosscompile import CompileClass, class_of_entry, facts_many, job_class, launch_args
+from gpperf_torch.selection import ranking
+from gpperf_torch.selection import state as state_mod
 
 from helpers import randn
 
@@ -150,10 +152,9 @@ def _fake_table(entries: dict) -> F.FactsTable:
 
 
 def test_validity_from_facts_rejects_spills_and_shared_overflow(monkeypatch, fresh_selector):
-    from gpperf_torch import selector
-    from gpperf_torch.device import KNOWN_DEVICES
+    from gpperf_torch.measure.device import KNOWN_DEVICES
 
-    st = selector._State(KNOWN_DEVICES["h100"])
+    st = state_mod.State(KNOWN_DEVICES["h100"])
     cands = [c for c in st.model.candidates if c is not None][:3]
     spills, too_big, fine = cands
     key = "sm90/f16/nt/even"
@@ -174,10 +175,10 @@ def test_validity_from_facts_rejects_spills_and_shared_overflow(monkeypatch, fre
     assert "spills 64 B" in F.check(spills, **kw)
     assert "compiler facts" in F.check(too_big, **kw)
     assert F.check(fine, **kw) is None
-    valid = selector._valid_candidates(st, "float16", (4096, 4096, 4096, False, True, False))
+    valid = ranking.valid_candidates(st, "float16", (4096, 4096, 4096, False, True, False))
     assert fine in valid and spills not in valid and too_big not in valid
     # another class (N % 16 != 0) has no facts here: the estimate decides, so the config is back
-    other = selector._valid_candidates(st, "float16", (4096, 4095, 4096, False, True, False))
+    other = ranking.valid_candidates(st, "float16", (4096, 4095, 4096, False, True, False))
     assert spills in other
 
 
@@ -241,7 +242,7 @@ def test_blocks_per_sm():
 
 
 def test_inspect_from_table(shipped, capsys):
-    from gpperf_torch.cli import main
+    from gpperf_torch.cli.main import main
 
     key = "sm90/f16/nt/even"
     cfg_key = next(c for c in sorted(shipped.entries[key]) if "_s1_" in c)
@@ -254,7 +255,7 @@ def test_inspect_from_table(shipped, capsys):
 
 
 def test_inspect_bad_input_is_one_line(capsys):
-    from gpperf_torch.cli import main
+    from gpperf_torch.cli.main import main
 
     assert main(["inspect", "128x64", "--gpu", "h100"]) == 2
     err = capsys.readouterr().err.strip()
@@ -264,7 +265,7 @@ def test_inspect_bad_input_is_one_line(capsys):
 
 
 def test_inspect_sass_compiles_fresh(capsys):
-    from gpperf_torch.cli import main
+    from gpperf_torch.cli.main import main
 
     assert main(["inspect", "64x64x32_g8_s1_w4_st3", "--gpu", "h100", "--n", "4095", "--sass"]) == 0
     out = capsys.readouterr().out

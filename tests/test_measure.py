@@ -4,14 +4,14 @@ The fake below is the only fake in the project: NVML's counter behaviour (steps,
 counter) cannot be produced on demand by real hardware, and CPU-only CI has no NVML at all.
 """
 
-import importlib
 import logging
 import math
 from types import SimpleNamespace
 
 import pytest
 
-from gpperf_torch import measure
+from gpperf_torch.measure import timing as measure
+from gpperf_torch.tuning import inputs, local, plan
 
 # ---- the fake NVML ---------------------------------------------------------------------------------
 
@@ -127,7 +127,7 @@ def test_window_shorter_than_counter_step_is_extended():
 
 def test_counter_that_never_steps_marks_the_row_once(caplog):
     meter, clock = make_meter(update_s=10.0)
-    with caplog.at_level(logging.WARNING, logger="gpperf_torch.measure"):
+    with caplog.at_level(logging.WARNING, logger="gpperf_torch.measure.timing"):
         assert meter.measure(batch(clock), 0.25) is None
         assert meter.measure(batch(clock), 0.25) is None
     assert len([r for r in caplog.records if "did not advance" in r.getMessage()]) == 1
@@ -137,7 +137,7 @@ def test_missing_counter_gives_no_energy_and_one_warning(caplog):
     meter, clock = make_meter(has_counter=False)
     assert not meter.available
     assert "Not Supported" in meter.reason
-    with caplog.at_level(logging.WARNING, logger="gpperf_torch.measure"):
+    with caplog.at_level(logging.WARNING, logger="gpperf_torch.measure.timing"):
         meter.warn_if_unavailable()
         for _ in range(3):
             assert meter.measure(batch(clock), 0.25) is None
@@ -214,12 +214,9 @@ def test_row_records_energy_and_conditions_from_the_meter():
     """The tuner's per-row path with a (fake) NVML meter: energy columns filled, clocks recorded."""
     import torch
 
-    # importlib: the package's lazy `tune` function would shadow the module in a `from` import
-    tune_mod = importlib.import_module("gpperf_torch.tune")
-
     meter, clock = make_meter(power_w=250.0, update_s=0.02)
-    p = tune_mod.Problem(8, 8, 8, "float32", 0, 0, 0)
-    sets = tune_mod.InputSets(p, "cpu", rotate_bytes=4096)
+    p = plan.Problem(8, 8, 8, "float32", 0, 0, 0)
+    sets = inputs.InputSets(p, "cpu", rotate_bytes=4096)
     assert sets.n_sets > 1
 
     def fn(i):
@@ -240,7 +237,7 @@ def test_row_records_energy_and_conditions_from_the_meter():
         idle_power=50.0,
         batch_runner=measure.wall_batch_runner,
     )
-    row = tune_mod._measure_row(tune_mod.WorkItem(p, None), fn, torch.matmul(a0, b0), 1e-4, run)
+    row = local._measure_row(plan.WorkItem(p, None), fn, torch.matmul(a0, b0), 1e-4, run)
     assert row["status"] == "ok"
     assert row["power_w"] == pytest.approx(250.0, rel=0.1)
     assert row["energy_j"] == pytest.approx(250.0 * 0.0005, rel=0.1)

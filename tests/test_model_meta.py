@@ -9,10 +9,13 @@ import shutil
 
 import pytest
 
-from gpperf_torch import model_meta, selector
+import gpperf_torch as gp
 from gpperf_torch.errors import ModelError
-from gpperf_torch.features import FEATURE_NAMES
-from gpperf_torch.predictor import MODEL_FORMAT_VERSION, Predictor, model_paths, shipped_model
+from gpperf_torch.predictor import model_meta
+from gpperf_torch.predictor.features import FEATURE_NAMES
+from gpperf_torch.predictor.model_meta import MODEL_FORMAT_VERSION
+from gpperf_torch.predictor.runtime import Predictor, model_paths, shipped_model
+from gpperf_torch.selection import selector
 
 SHIPPED = shipped_model("h100")
 META = json.loads(model_paths(SHIPPED)[1].read_text())
@@ -185,12 +188,10 @@ def test_predictor_load_raises_model_error_naming_the_file(model_copy, kind):
 def test_set_model_and_env_model_raise_model_error(model_copy, kind, fresh_selector, monkeypatch):
     (model_copy / "model.json").write_text(JSON_FILES[kind])
     with pytest.raises(ModelError, match="model.json"):
-        selector.set_model(str(model_copy), "cpu")
+        gp.set_model(str(model_copy), "cpu")
     monkeypatch.setenv("GPPERF_MODEL", str(model_copy))
     selector.reset()
     import torch
-
-    import gpperf_torch as gp
 
     with pytest.raises(ModelError, match="GPPERF_MODEL"):
         gp.matmul(torch.randn(4, 4), torch.randn(4, 4))

@@ -151,7 +151,7 @@ def test_forced_config_must_be_valid():
 def test_cuda_graph_capture_with_cached_and_new_shapes():
     """Inside a capture a cached shape launches its compiled kernel; a shape seen first there gets torch.matmul
     (no selection during a capture); both replay correctly."""
-    from gpperf_torch import selector
+    from gpperf_torch.selection import selector
 
     a = randn(256, 512, dtype=torch.float16, device="cuda")
     b = randn(512, 384, dtype=torch.float16, device="cuda")
@@ -184,7 +184,7 @@ def _raise_out_of_resources(*args, **kwargs):
 
 @pytest.mark.skipif(not kernels.interpreting(), reason="the CPU kernel runs Triton only under the interpreter")
 def test_triton_failure_is_loud_on_cpu_and_names_a_forced_config(monkeypatch):
-    from gpperf_torch import selector
+    from gpperf_torch.selection import selector
 
     a, b = torch.randn(8, 16), torch.randn(16, 8)
     selector.replace_choice(a, b, None, SMALL)  # a Triton config is the choice, whatever the model says
@@ -197,7 +197,7 @@ def test_triton_failure_is_loud_on_cpu_and_names_a_forced_config(monkeypatch):
 
 @pytest.mark.cuda
 def test_selected_config_failing_on_the_gpu_falls_back_to_torch(monkeypatch, caplog):
-    from gpperf_torch import selector
+    from gpperf_torch.selection import selector
 
     a = randn(40, 72, dtype=torch.float16, device="cuda")
     b = randn(72, 56, dtype=torch.float16, device="cuda")

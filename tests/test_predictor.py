@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpperf_torch import dataset, train
-from gpperf_torch.device import KNOWN_DEVICES
-from gpperf_torch.features import FEATURE_SCHEMA_VERSION, config_matrix, shape_features
 from gpperf_torch.kernels.configs import TileConfig
-from gpperf_torch.predictor import Predictor, list_shipped, shipped_model
+from gpperf_torch.measure import dataset
+from gpperf_torch.measure.device import KNOWN_DEVICES
+from gpperf_torch.predictor import train
+from gpperf_torch.predictor.features import FEATURE_SCHEMA_VERSION, config_matrix, shape_features
+from gpperf_torch.predictor.runtime import Predictor, list_shipped, shipped_model
 
 from helpers import synthetic_rows
 
@@ -123,7 +124,7 @@ def test_shipped_models(name):
 
 def test_runtime_imports_no_sklearn():
     code = (
-        "import sys, gpperf_torch.predictor as p, gpperf_torch.features;"
+        "import sys, gpperf_torch.predictor.runtime as p, gpperf_torch.predictor.features;"
         "bad = [m for m in ('sklearn', 'skl2onnx') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -149,7 +150,7 @@ def test_per_tree_output_matches_the_forest(tmp_path):
     model = train.fit(t, seed=0, **SMALL)
     train.export(model, tmp_path / "m", {"provenance": "test"})
     p = Predictor.load(tmp_path / "m")
-    from gpperf_torch.features import table_features
+    from gpperf_torch.predictor.features import table_features
 
     X = table_features(t)
     pred, dev = p.predict_with_spread(X)

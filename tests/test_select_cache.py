@@ -12,8 +12,11 @@ import pytest
 import torch
 
 import gpperf_torch as gp
-from gpperf_torch import kernels, select_cache, selector
-from gpperf_torch.predictor import Predictor, file_sha256, model_paths, shipped_model
+from gpperf_torch import kernels
+from gpperf_torch.predictor import analytic
+from gpperf_torch.predictor.runtime import Predictor, file_sha256, model_paths, shipped_model
+from gpperf_torch.selection import ranking, select_cache, selector
+from gpperf_torch.selection import state as state_mod
 
 
 @pytest.fixture
@@ -42,7 +45,7 @@ def _write(path, obj) -> None:
 
 def _bad_values(st) -> dict[str, object]:
     # invalid for the fp32 64x64x64 entry below by the selector's own rule (the compiler's facts, else the estimate)
-    valid = selector._valid_candidates(st, "float32", (64, 64, 64, False, False, False))
+    valid = ranking.valid_candidates(st, "float32", (64, 64, 64, False, False, False))
     es4 = [c for c in st.model.candidates if c is not None and c not in valid]
     outside = next(c for c in kernels.candidate_space() if c not in st.model.candidates)
     return {
@@ -84,7 +87,7 @@ def test_a_bad_value_is_ignored_per_entry_and_the_file_named(cache_on, caplog, b
         },
     )
     selector.reset()
-    with caplog.at_level(logging.WARNING, logger="gpperf_torch.select_cache"):
+    with caplog.at_level(logging.WARNING, logger="gpperf_torch.selection.select_cache"):
         out = gp.matmul(a, b)  # never raises
         c, d = torch.randn(64, 64), torch.randn(64, 64)
         torch.testing.assert_close(gp.matmul(c, d), c @ d, rtol=1e-4, atol=1e-4)
@@ -102,7 +105,7 @@ def test_a_bad_key_is_ignored_per_entry(cache_on, caplog, bad_key):
     key = selector._key(a, b, None)
     _write(st.disk.path, {"selections": {select_cache._key_to_str(key): "torch", bad_key: "torch"}})
     selector.reset()
-    with caplog.at_level(logging.WARNING, logger="gpperf_torch.select_cache"):
+    with caplog.at_level(logging.WARNING, logger="gpperf_torch.selection.select_cache"):
         torch.testing.assert_close(gp.matmul(a, b), a @ b, rtol=1e-5, atol=1e-5)
     assert _state().memory[key] is None
     msgs = [r.getMessage() for r in caplog.records if "selection cache" in r.getMessage()]
@@ -126,7 +129,7 @@ def test_a_corrupt_file_is_ignored_and_rewritten_on_flush(cache_on, caplog, kind
     st = _state()
     _write(st.disk.path, CORRUPT[kind])
     selector.reset()
-    with caplog.at_level(logging.WARNING, logger="gpperf_torch.select_cache"):
+    with caplog.at_level(logging.WARNING, logger="gpperf_torch.selection.select_cache"):
         torch.testing.assert_close(gp.matmul(a, b), a @ b, rtol=1e-5, atol=1e-5)
     msgs = [r.getMessage() for r in caplog.records if "selection cache" in r.getMessage()]
     assert len(msgs) == 1 and str(st.disk.path) in msgs[0]
@@ -170,16 +173,16 @@ def test_an_edited_model_json_gets_its_own_cache_file(cache_on, tmp_path, edit):
     b_dir = _copy_model(src, tmp_path / "b", edits[edit])
     pa, pb = Predictor.load(a_dir), Predictor.load(b_dir)
     assert pa.model_hash == pb.model_hash  # same ONNX file ...
-    info = selector._device_info(torch.device("cpu"))
-    ca = selector._DiskCache(info, select_cache.cache_token(pa.meta))
-    cb = selector._DiskCache(info, select_cache.cache_token(pb.meta))
+    info = state_mod.device_info(torch.device("cpu"))
+    ca = select_cache.DiskCache(info, select_cache.cache_token(pa.meta))
+    cb = select_cache.DiskCache(info, select_cache.cache_token(pb.meta))
     assert ca.path != cb.path  # ... yet not the same selections
 
 
 def test_analytic_token_depends_on_its_parameters():
-    t1 = select_cache.cache_token(None, selector.ANALYTIC_PARAMS)
-    t2 = select_cache.cache_token(None, {**selector.ANALYTIC_PARAMS, "tile_exp": 0.6})
-    assert t1 != t2 and t1 == select_cache.cache_token(None, dict(selector.ANALYTIC_PARAMS))
+    t1 = select_cache.cache_token(None, analytic.ANALYTIC_PARAMS)
+    t2 = select_cache.cache_token(None, {**analytic.ANALYTIC_PARAMS, "tile_exp": 0.6})
+    assert t1 != t2 and t1 == select_cache.cache_token(None, dict(analytic.ANALYTIC_PARAMS))
 
 
 def test_disabled_cache_reads_nothing(cache_on, monkeypatch):

@@ -12,14 +12,17 @@ import pytest
 import torch
 
 import gpperf_torch as gp
-from gpperf_torch import dataset, kernels, selector
-from gpperf_torch.cli import main as cli_main
+from gpperf_torch import kernels
+from gpperf_torch.cli.main import main as cli_main
 from gpperf_torch.kernels import TileConfig
+from gpperf_torch.measure import dataset
+from gpperf_torch.selection import selector
 
 from helpers import FAST, FRUGAL, synthetic_rows
 
 pytest.importorskip("sklearn", reason="training a test model needs the [train] extra")
-from gpperf_torch import train  # noqa: E402
+from gpperf_torch.predictor import train  # noqa: E402
+from gpperf_torch.selection import objectives
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +49,7 @@ def _key(m=1024, n=1024, k=1024, obj="time"):
 
 
 def _st(model_dir):
-    selector.set_model(str(model_dir), "cpu")
+    gp.set_model(str(model_dir), "cpu")
     return selector._state(torch.device("cpu"))
 
 
@@ -84,7 +87,7 @@ def test_torch_is_a_candidate(fresh, model_dirs):
 
 
 def test_op_uses_objective_context_and_caches(fresh, model_dirs, monkeypatch):
-    selector.set_model(str(model_dirs["energy"]), "cpu")
+    gp.set_model(str(model_dirs["energy"]), "cpu")
     calls = []
     real = selector.rank
     monkeypatch.setattr(selector, "rank", lambda st, key: calls.append(key) or real(st, key))
@@ -106,11 +109,11 @@ def test_op_uses_objective_context_and_caches(fresh, model_dirs, monkeypatch):
 def test_env_objective_and_mode(fresh, monkeypatch):
     monkeypatch.setenv("GPPERF_OBJECTIVE", "edp")
     selector.reset()
-    assert selector.current_objective() == "edp"
+    assert objectives.current_objective() == "edp"
     # A bad value falls back to the default with a warning (tests/test_env_objectives.py): import never fails.
     monkeypatch.setenv("GPPERF_OBJECTIVE", "fastest")
     selector.reset()
-    assert selector.current_objective() == "time"
+    assert objectives.current_objective() == "time"
     monkeypatch.setenv("GPPERF_MODE", "guess")
     selector.reset()
     assert selector._env["mode"] == "auto"  # verify on a GPU, predict on the CPU
@@ -124,7 +127,7 @@ def test_parse_objective_rejects(bad):
 
 
 def test_explain_ranks_with_predictions(fresh, model_dirs):
-    selector.set_model(str(model_dirs["energy"]), "cpu")
+    gp.set_model(str(model_dirs["energy"]), "cpu")
     rows = gp.explain(2048, 2048, 1024, dtype=torch.float16, b_trans=True, objective="energy", device="cpu")
     assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
     assert rows[0]["config"] == FRUGAL.key
@@ -153,7 +156,7 @@ def test_bad_model_is_a_clear_error(fresh, model_dirs, tmp_path, monkeypatch):
         (bad / f).write_bytes((model_dirs["time"] / f).read_bytes())
     (bad / "model.onnx").write_bytes((bad / "model.onnx").read_bytes() + b"\0")
     with pytest.raises(ValueError, match="sha256"):
-        selector.set_model(str(bad), "cpu")
+        gp.set_model(str(bad), "cpu")
     monkeypatch.setenv("GPPERF_MODEL", str(bad))
     selector.reset()
     with pytest.raises(gp.ModelError, match="GPPERF_MODEL"):
@@ -162,7 +165,7 @@ def test_bad_model_is_a_clear_error(fresh, model_dirs, tmp_path, monkeypatch):
 
 def test_disk_cache_round_trip_corrupt_and_concurrent(fresh, model_dirs, monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("GPPERF_DISK_CACHE", "1")
-    selector.set_model(str(model_dirs["time"]), "cpu")
+    gp.set_model(str(model_dirs["time"]), "cpu")
     a, b = torch.randn(96, 80, dtype=torch.float16), torch.randn(80, 72, dtype=torch.float16)
     cfg = selector.choose(a, b, None, None)
     st = selector._state(torch.device("cpu"))
@@ -170,20 +173,21 @@ def test_disk_cache_round_trip_corrupt_and_concurrent(fresh, model_dirs, monkeyp
     saved = json.loads(st.disk.path.read_text())["selections"]
     assert any(v == (cfg.key if cfg else "torch") for v in saved.values())
     # a new process-level state loads it back without scoring
-    selector.set_model(str(model_dirs["time"]), "cpu")
+    gp.set_model(str(model_dirs["time"]), "cpu")
     st2 = selector._state(torch.device("cpu"))
     assert any(k[:3] == (96, 72, 80) for k in st2.memory)
     # corrupt file: warned and ignored, never an error
     st2.disk.path.write_text("{not json")
     with caplog.at_level(logging.WARNING):
-        selector.set_model(str(model_dirs["time"]), "cpu")
+        gp.set_model(str(model_dirs["time"]), "cpu")
     assert "corrupt selection cache" in caplog.text
     # two processes adding entries at once: the file stays valid JSON holding both
     path = st2.disk.path
     path.unlink()
     code = (
-        "import sys, torch; from gpperf_torch import selector; from gpperf_torch.device import KNOWN_DEVICES\n"
-        "c = selector._DiskCache(KNOWN_DEVICES['h100'], sys.argv[2])\n"
+        "import sys; from gpperf_torch.selection import select_cache\n"
+        "from gpperf_torch.measure.device import KNOWN_DEVICES\n"
+        "c = select_cache.DiskCache(KNOWN_DEVICES['h100'], sys.argv[2])\n"
         "c.path = __import__('pathlib').Path(sys.argv[1])\n"
         "for i in range(40): c.pending[f'{i},{sys.argv[3]},1,1,float16,0,0,0,time'] = 'torch'; c.flush()\n"
     )
@@ -194,7 +198,7 @@ def test_disk_cache_round_trip_corrupt_and_concurrent(fresh, model_dirs, monkeyp
 
 
 def test_cli_select_with_shipped_model(capsys, fresh):
-    from gpperf_torch.predictor import list_shipped
+    from gpperf_torch.predictor.runtime import list_shipped
 
     if "h100" not in list_shipped():
         pytest.skip("no shipped h100 model in gpperf_torch/data")
@@ -211,12 +215,12 @@ def test_cli_select_with_shipped_model(capsys, fresh):
 @pytest.mark.skipif(not kernels.interpreting(), reason="verify mode on CPU runs through the Triton interpreter")
 def test_verify_mode_measures_cublas_and_top_k_and_records(fresh, model_dirs, monkeypatch, tmp_path):
     monkeypatch.setenv("GPPERF_VERIFY_TOP_K", "2")
-    selector.set_model(str(model_dirs["time"]), "cpu")
+    gp.set_model(str(model_dirs["time"]), "cpu")
     a, b = torch.randn(20, 24), torch.randn(24, 16)
     with gp.mode("verify"):
         out = gp.matmul(a, b)
     torch.testing.assert_close(out, a @ b, rtol=1e-5, atol=1e-5)
-    from gpperf_torch.verify import dataset_path
+    from gpperf_torch.selection.verify import dataset_path
 
     rows = dataset.load_table(
         [str(dataset_path(selector._state(torch.device("cpu")).info.name))], include_interpreted=True
@@ -241,7 +245,7 @@ def test_host_cost_sends_microsecond_gemms_to_torch(fresh_selector, model_dirs, 
 
 
 def test_explain_shows_spread_host_cost_and_why(fresh, model_dirs):
-    selector.set_model(str(model_dirs["time"]), "cpu")
+    gp.set_model(str(model_dirs["time"]), "cpu")
     rows = gp.explain(1024, 1024, 1024, b_trans=True, device="cpu")
     first = rows[0]
     assert first["config"] == FAST.key and "Triton: predicted" in first["why"]

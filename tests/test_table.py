@@ -15,9 +15,13 @@ import pytest
 import torch
 
 import gpperf_torch as gp
-from gpperf_torch import dataset, kernels, selector, table, verify, verify_policy
-from gpperf_torch.cli import main as cli_main
-from gpperf_torch.device import KNOWN_DEVICES
+from gpperf_torch import kernels
+from gpperf_torch.cli.main import main as cli_main
+from gpperf_torch.measure import dataset
+from gpperf_torch.measure.device import KNOWN_DEVICES
+from gpperf_torch.policy import verify_policy
+from gpperf_torch.selection import selector, table, verify
+from gpperf_torch.selection import state as state_mod
 
 from helpers import export_synthetic_model
 
@@ -86,8 +90,10 @@ def test_merge_keeps_the_newer_measurement(clean):
 
 WRITER = """
 import sys
-from gpperf_torch import table, verify_policy
-from gpperf_torch.device import KNOWN_DEVICES
+from gpperf_torch.selection import table
+from gpperf_torch.policy import verify_policy
+from gpperf_torch.measure.device import KNOWN_DEVICES
+from gpperf_torch.selection import state as state_mod
 path, who = sys.argv[1], int(sys.argv[2])
 ident = table.identity_of(KNOWN_DEVICES["h100"])
 for i in range(25):
@@ -111,7 +117,7 @@ def test_two_concurrent_writers_merge(clean):
 def test_a_corrupt_table_is_ignored_with_a_warning(clean, caplog, content):
     path = clean / "t.json"
     path.write_text(content)
-    with caplog.at_level(logging.WARNING, logger="gpperf_torch.table"):
+    with caplog.at_level(logging.WARNING, logger="gpperf_torch.selection.table"):
         t = table.VerifiedTable(H100, path)
         assert t.lookup((100, 64, 32, 1, "float16", False, True, False)) is None
     assert any("ignoring verified table" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
@@ -124,7 +130,7 @@ def test_malformed_entries_are_ignored_and_counted(clean, caplog):
     doc["entries"].append({**doc["entries"][0], "n": "sixty-four"})
     doc["entries"].append({**doc["entries"][0], "choice": "not-a-config"})
     path.write_text(json.dumps(doc))
-    with caplog.at_level(logging.WARNING, logger="gpperf_torch.table"):
+    with caplog.at_level(logging.WARNING, logger="gpperf_torch.selection.table"):
         assert len(table.VerifiedTable(H100, path)) == 1
     assert any("2 malformed entries" in r.getMessage() for r in caplog.records)
 
@@ -132,7 +138,7 @@ def test_malformed_entries_are_ignored_and_counted(clean, caplog):
 def test_a_foreign_table_is_ignored_with_a_warning(clean, caplog):
     path = clean / "t.json"
     _write(path, A100, {_bkey(): _entry()})
-    with caplog.at_level(logging.WARNING, logger="gpperf_torch.table"):
+    with caplog.at_level(logging.WARNING, logger="gpperf_torch.selection.table"):
         assert len(table.VerifiedTable(H100, path)) == 0
     msg = " ".join(r.getMessage() for r in caplog.records)
     assert "A100" in msg and "H100" in msg and "not using the verified table" in msg
@@ -143,7 +149,7 @@ def test_other_library_versions_are_ignored_with_a_warning(clean, caplog, monkey
     monkeypatch.setattr(table, "library_versions", lambda: ("2.5.1+cu124", "3.1.0"))
     _write(path, H100, {_bkey(): _entry()})
     monkeypatch.undo()
-    with caplog.at_level(logging.WARNING, logger="gpperf_torch.table"):
+    with caplog.at_level(logging.WARNING, logger="gpperf_torch.selection.table"):
         assert len(table.VerifiedTable(H100, path)) == 0
     msg = " ".join(r.getMessage() for r in caplog.records)
     assert "triton 3.1.0" in msg and "re-measure" in msg
@@ -162,7 +168,7 @@ def _ab(m):
 
 @pytest.mark.skipif(not kernels.interpreting(), reason="the op measures through the Triton interpreter")
 def test_gpperf_table_is_read_only_and_never_measures(fresh_selector, clean, model_dir, monkeypatch):
-    info = selector._device_info(torch.device("cpu"))
+    info = state_mod.device_info(torch.device("cpu"))
     path = clean / "shipped.json"
     key = selector._key(*_ab(40), None)
     _write(path, info, {verify_policy.bucket_key(key[:8]): _entry("torch", m=40)})
@@ -171,7 +177,7 @@ def test_gpperf_table_is_read_only_and_never_measures(fresh_selector, clean, mod
     monkeypatch.setenv("GPPERF_DISK_CACHE", "1")
     monkeypatch.setenv("GPPERF_HOST_COST", "0")
     selector.reset()
-    selector.set_model(str(model_dir[0]), "cpu")
+    gp.set_model(str(model_dir[0]), "cpu")
     with gp.mode("verify"):
         assert selector.choose(*_ab(40), None, None) is None  # the table's choice
         selector.choose(*_ab(200), None, None)  # not in the table: the prediction, never a measurement
@@ -192,15 +198,15 @@ def test_measured_choices_persist_across_processes_and_models(fresh_selector, cl
     monkeypatch.setenv("GPPERF_DISK_CACHE", "1")
     monkeypatch.setenv("GPPERF_HOST_COST", "0")
     selector.reset()
-    selector.set_model(str(model_dir[0]), "cpu")
+    gp.set_model(str(model_dir[0]), "cpu")
     with gp.mode("verify"):
         gp.matmul(*_ab(40))
     assert verify.stats.shapes == 1
     selector.flush()
-    info = selector._device_info(torch.device("cpu"))
+    info = state_mod.device_info(torch.device("cpu"))
     assert table.default_path(info).exists()
     selector.reset()  # a new process, in effect
-    selector.set_model(str(model_dir[1]), "cpu")  # a retrained model
+    gp.set_model(str(model_dir[1]), "cpu")  # a retrained model
     with gp.mode("verify"):
         gp.matmul(*_ab(41))  # same bucket
     assert verify.stats.shapes == 0 and verify.stats.table_hits == 1

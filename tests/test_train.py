@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpperf_torch import dataset, evaluation, train
-from gpperf_torch.cli import main as cli_main
-from gpperf_torch.features import table_features
+from gpperf_torch.cli.main import main as cli_main
 from gpperf_torch.kernels.configs import TileConfig
+from gpperf_torch.measure import dataset
+from gpperf_torch.predictor import evaluation, fitting, train
+from gpperf_torch.predictor.features import table_features
 
 PUBLIC_DATA = Path(
     os.environ.get("GPPERF_PUBLIC_DATA", Path(__file__).resolve().parents[2] / "shared/data/autoheuristic_mm")
@@ -152,7 +153,7 @@ def test_metrics_on_known_answer():
 
 
 def test_onnx_matches_sklearn(tmp_path):
-    from gpperf_torch.predictor import Predictor
+    from gpperf_torch.predictor.runtime import Predictor
 
     t = synthetic_table(n_shapes=30)
     model = train.fit(t, seed=0, **SMALL)
@@ -179,7 +180,7 @@ def test_cli_train_and_eval_json(tmp_path, capsys):
     meta = json.loads((out / "model.json").read_text())
     assert "geomean_regret" in meta["metrics"]["held_out"]
     # the unaligned-operand floor and the K guard's range travel with the model; the note says neither is calibrated
-    from gpperf_torch.dispatch import DEFAULT_Z_UNALIGNED
+    from gpperf_torch.policy.dispatch import DEFAULT_Z_UNALIGNED
 
     assert meta["dispatch"]["z_unaligned"] == DEFAULT_Z_UNALIGNED
     assert "z_unaligned, not calibrated" in meta["dispatch"]["calibrated_on"]
@@ -235,8 +236,8 @@ def test_cli_report(tmp_path):
     assert cli_main(["report", "--model", str(out), "--data", str(csv_path), "--out", str(tmp_path / "r")]) == 0
     assert {p.name for p in (tmp_path / "r").glob("*.png")} == {
         "predicted_vs_measured.png", "regret_cdf.png", "regret_by_size.png", "speedup_vs_cublas_cdf.png"}  # fmt: skip
-    from gpperf_torch.predictor import Predictor
-    from gpperf_torch.report import pareto_plot
+    from gpperf_torch.cli.report import pareto_plot
+    from gpperf_torch.predictor.runtime import Predictor
 
     p = Predictor.load(out)
     png = pareto_plot(p, 4096, 4096, 4096, "float16", chosen={"time": CONFIGS[0]}, out=tmp_path / "p.png")
@@ -277,7 +278,7 @@ def partial_energy_rows(n_shapes: int = 60, fraction: float = 0.35, seed: int = 
 
 
 def test_energy_on_a_subset_of_rows(tmp_path):
-    from gpperf_torch.predictor import Predictor
+    from gpperf_torch.predictor.runtime import Predictor
 
     t = dataset.from_rows(partial_energy_rows())
     has_e = np.isfinite(t["energy_j"])
@@ -309,8 +310,8 @@ def test_energy_on_a_subset_of_rows(tmp_path):
 def test_energy_needs_enough_rows(caplog):
     rows = partial_energy_rows(n_shapes=30, fraction=0.04)
     t = dataset.from_rows(rows)
-    assert 0 < np.isfinite(t["energy_j"]).sum() < train.MIN_ENERGY_ROWS
-    with caplog.at_level("WARNING", logger="gpperf_torch.train"):
+    assert 0 < np.isfinite(t["energy_j"]).sum() < fitting.MIN_ENERGY_ROWS
+    with caplog.at_level("WARNING", logger="gpperf_torch.predictor.train"):
         model = train.fit(t, seed=0, **SMALL)
     assert model.targets == ("time_ms",) and model.energy is None
     assert "predicts time only" in caplog.text
@@ -373,8 +374,8 @@ A6000_FIELDS = dict(
 
 
 def test_unknown_gpu_trains_from_row_fields(tmp_path):
-    from gpperf_torch.device import descriptor_from_fields
-    from gpperf_torch.predictor import Predictor
+    from gpperf_torch.measure.device import descriptor_from_fields
+    from gpperf_torch.predictor.runtime import Predictor
 
     name = "NVIDIA RTX A6000"
     rows = [{**r, "gpu": name, **A6000_FIELDS} for r in synthetic_rows(n_shapes=20)]
@@ -383,7 +384,7 @@ def test_unknown_gpu_trains_from_row_fields(tmp_path):
     t = dataset.load_table(path)
     assert t.device_fields(name)["sm_count"] == 84
     X = table_features(t)
-    from gpperf_torch.features import feature_index
+    from gpperf_torch.predictor.features import feature_index
 
     assert X[0, feature_index("dev_sm_count")] == 84 and X[0, feature_index("dev_mem_bw_gbs")] == 768
     out = tmp_path / "model"
@@ -454,7 +455,7 @@ def test_rank_target_is_the_slowdown_against_the_best(monkeypatch):
     best = {g: log_t[(gid == g) & tri].min() for g in np.unique(gid)}
     np.testing.assert_allclose(y_rel, log_t - np.array([best[g] for g in gid]), atol=1e-12)
     assert np.isclose(y_rel[tri], 0).sum() == len(best) and (y_rel[tri] >= 0).all()
-    np.testing.assert_allclose(y_off + train.roofline(X_off), list(best.values()), rtol=1e-6)  # groups in id order
+    np.testing.assert_allclose(y_off + fitting.roofline(X_off), list(best.values()), rtol=1e-6)  # groups in id order
 
 
 def test_eval_and_report_take_a_shipped_model_by_name(tmp_path, capsys):
@@ -487,7 +488,7 @@ def test_combine_splits():
 
 # ---- dispatch metrics and calibration ---------------------------------------------------------------------
 def test_eval_reports_the_dispatch_keys_through_the_policy():
-    from gpperf_torch.dispatch import NO_HOST_COST, Policy
+    from gpperf_torch.policy.dispatch import NO_HOST_COST, Policy
 
     t = synthetic_table(n_shapes=80)
     tr, te = train.grouped_split(t, seed=0)
@@ -527,7 +528,7 @@ def test_calibrate_z_takes_the_best_safe_confidence():
 
 
 def test_speedups_at_applies_the_unaligned_floor_like_the_policy():
-    from gpperf_torch.dispatch import Policy
+    from gpperf_torch.policy.dispatch import Policy
 
     # gain 0.2 with sd 0.1: dispatched at z = 1 (0.1 > 0), not at z = 3.5 (-0.15); column 4 flags unaligned
     samples = np.array([[0.2, 0.1, 1.2, 1.3, 0.0], [0.2, 0.1, 1.2, 1.3, 1.0]])
@@ -542,7 +543,7 @@ def test_speedups_at_applies_the_unaligned_floor_like_the_policy():
 
 
 def test_fit_records_the_k_range_and_eval_guards_beyond_it():
-    from gpperf_torch.dispatch import NO_HOST_COST, Policy, k_ratio
+    from gpperf_torch.policy.dispatch import NO_HOST_COST, Policy, k_ratio
 
     t = synthetic_table(n_shapes=40)
     tr, te = train.grouped_split(t, seed=0)
@@ -585,7 +586,7 @@ def test_file_sources(tmp_path):
 
 
 def test_rank_leaf_cap_grows_with_the_data():
-    from gpperf_torch import fitting
+    from gpperf_torch.predictor import fitting
 
     assert fitting.rank_leaf_cap(100) == fitting.DEFAULT_PARAMS["max_leaf_nodes"] == 1500
     assert fitting.rank_leaf_cap(fitting.LARGE_RANK_ROWS) == 1500  # the H100's ~15k rows: unchanged
@@ -600,7 +601,7 @@ def test_candidate_order_is_deterministic_across_processes():
     import subprocess
     import sys
 
-    from gpperf_torch.fitting import candidate_keys
+    from gpperf_torch.predictor.fitting import candidate_keys
 
     t = synthetic_table(n_shapes=12)
     rows = np.ones(len(t), dtype=bool)
@@ -611,7 +612,7 @@ def test_candidate_order_is_deterministic_across_processes():
         assert counts[a] > counts[b] or a < b  # ties in key order
     code = (
         "import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import test_train as tt; "
-        "from gpperf_torch.fitting import candidate_keys; t = tt.synthetic_table(n_shapes=12); "
+        "from gpperf_torch.predictor.fitting import candidate_keys; t = tt.synthetic_table(n_shapes=12); "
         "print(','.join(candidate_keys(t, np.ones(len(t), dtype=bool))))"
     )
     for seed in ("1", "2"):

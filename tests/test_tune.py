@@ -6,7 +6,6 @@ the same tests measure on the GPU (energy off, so they stay quick).
 
 import argparse
 import csv
-import importlib
 import os
 import signal
 import subprocess
@@ -18,14 +17,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpperf_torch.dataset import COLUMNS, STATUSES
+from gpperf_torch.cli import tune as tune_cli
 from gpperf_torch.kernels import TileConfig
-from gpperf_torch.shapes import llm_shapes, random_shapes, read_shapes
+from gpperf_torch.measure import writer
+from gpperf_torch.measure.dataset import COLUMNS, STATUSES
+from gpperf_torch.tuning import plan
+from gpperf_torch.tuning import tune as tune_mod
+from gpperf_torch.tuning.shapes import llm_shapes, random_shapes, read_shapes
 
 from helpers import keys, read_rows
-
-# importlib: the package's lazy `tune` function would shadow the module in a `from` import
-tune_mod = importlib.import_module("gpperf_torch.tune")
 
 HAS_CUDA = torch.cuda.is_available()
 INTERP = not HAS_CUDA
@@ -88,9 +88,9 @@ def test_budget_stops_cleanly_and_a_rerun_finishes(tmp_path):
 
 
 def test_round_robin_order_covers_shapes_first():
-    problems = [tune_mod.Problem(m, 8, 8, "float16", 0, 0, 0) for m in (1, 2, 3)]
-    per = {p: [tune_mod.WorkItem(p, c) for c in [None, *CONFIGS]] for p in problems}
-    order = tune_mod.order_work(per, chunk=2, seed=0)
+    problems = [plan.Problem(m, 8, 8, "float16", 0, 0, 0) for m in (1, 2, 3)]
+    per = {p: [plan.WorkItem(p, c) for c in [None, *CONFIGS]] for p in problems}
+    order = plan.order_work(per, chunk=2, seed=0)
     assert len(order) == 12
     # The first pass gives every problem its baseline and one config before any gets a third item.
     first = order[:6]
@@ -102,12 +102,12 @@ def test_config_sampling_is_seeded_and_diverse():
     from gpperf_torch.kernels import candidate_space
 
     space = candidate_space(elem_size=2, max_shared_memory=232448)
-    a = tune_mod.sample_configs(space, 12, seed=1, key="x")
-    assert a == tune_mod.sample_configs(space, 12, seed=1, key="x")
+    a = plan.sample_configs(space, 12, seed=1, key="x")
+    assert a == plan.sample_configs(space, 12, seed=1, key="x")
     assert len(set(a)) == 12
     assert len({(c.block_m, c.block_n) for c in a}) >= 8  # stratified over tile shapes
     with pytest.raises(ValueError, match="configs per shape"):
-        tune_mod.sample_configs(space, 0, seed=1, key="x")
+        plan.sample_configs(space, 0, seed=1, key="x")
 
 
 def test_torn_last_line_is_repaired(tmp_path):
@@ -119,7 +119,7 @@ def test_torn_last_line_is_repaired(tmp_path):
     assert s.repaired_bytes > 0 and s.rows_written == 1 and s.rows_skipped == 2
     rows = read_rows(out)
     assert len(rows) == 3 and len(set(keys(rows))) == 3
-    assert tune_mod.repair_torn_tail(out) == 0
+    assert writer.repair_torn_tail(out) == 0
 
 
 def test_other_schema_is_refused(tmp_path):
@@ -139,7 +139,7 @@ def test_lock_held_by_another_process(tmp_path):
     )  # fmt: skip
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(tune_mod.DatasetLockedError, match="another tune run"):
+        with pytest.raises(writer.DatasetLockedError, match="another tune run"):
             tune_mod.tune(out, shapes=[(16, 16, 16)], configs=CONFIGS[:1], **FAST)
     finally:
         holder.kill()
@@ -155,7 +155,7 @@ def test_resume_after_sigkill(tmp_path):
         f"""
         import importlib
         from gpperf_torch.kernels import TileConfig
-        tune = importlib.import_module("gpperf_torch.tune")
+        tune = importlib.import_module("gpperf_torch.tuning.tune")
         configs = [TileConfig.from_key(k) for k in {[c.key for c in CONFIGS]!r}]
         tune.tune({str(out)!r}, shapes={shapes!r}, configs=configs, interpret={INTERP}, energy_fraction=0.0,
                   time_budget_ms=20.0, quiet=True, jobs=0)
@@ -188,7 +188,7 @@ def test_resume_after_sigkill(tmp_path):
 @pytest.mark.skipif(HAS_CUDA, reason="checks the message shown where there is no GPU")
 def test_cli_without_cuda_needs_interpret(tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    tune_mod.add_cli(parser.add_subparsers(dest="command"))
+    tune_cli.add_cli(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["tune", "--preset", "square", "--out", str(tmp_path / "x.csv")])
     assert args.func(args) == 2
     err = capsys.readouterr().err
@@ -202,7 +202,7 @@ def test_cli_interpret_runs_tiny_shapes(tmp_path, capsys):
     cfgs = tmp_path / "configs.txt"
     cfgs.write_text(CONFIGS[0].key + "\n")
     parser = argparse.ArgumentParser()
-    tune_mod.add_cli(parser.add_subparsers(dest="command"))
+    tune_cli.add_cli(parser.add_subparsers(dest="command"))
     out = tmp_path / "cli.csv"
     argv = ["tune", "--shapes", str(shapes), "--configs", str(cfgs), "--out", str(out), "-q", "--no-energy"]
     args = parser.parse_args([*argv, "--time-budget-ms", "2", "--jobs", "0"] + (["--interpret"] if INTERP else []))
@@ -231,7 +231,7 @@ def test_shapes_presets_and_files(tmp_path):
 
 
 def test_file_from_before_the_worker_column_resumes_in_its_layout(tmp_path):
-    from gpperf_torch import dataset
+    from gpperf_torch.measure import dataset
 
     out = tmp_path / "old.csv"
     shapes = [(16, 16, 16), (32, 16, 16)]

@@ -3,20 +3,20 @@ a negative or NaN budget) instead of reading them as a default or as "no limit".
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import pytest
 import torch
 
-from gpperf_torch.cli import main as cli_main
-from gpperf_torch.dataset import COLUMNS
+from gpperf_torch.cli.main import main as cli_main
 from gpperf_torch.errors import DataFileError
 from gpperf_torch.kernels import TileConfig
+from gpperf_torch.measure import writer
+from gpperf_torch.measure.dataset import COLUMNS
+from gpperf_torch.measure.writer import HEADER_LINE, LOCK_SUFFIX, check_out_file
+from gpperf_torch.tuning import tune as tune_mod
 from gpperf_torch.tuning.precompile import Precompiler
-from gpperf_torch.tuning.writer import HEADER_LINE, LOCK_SUFFIX, check_out_file
 
-tune_mod = importlib.import_module("gpperf_torch.tune")
 INTERP = not torch.cuda.is_available()
 CFG = TileConfig(16, 16, 32, num_warps=1, num_stages=2)
 FAST = dict(interpret=INTERP, energy_fraction=0.0, time_budget_ms=2.0, quiet=True, jobs=0)
@@ -47,7 +47,7 @@ def test_a_file_that_is_not_ours_is_refused_untouched(tmp_path, kind):
     assert (out.read_bytes(), out.stat().st_mtime_ns) == before
     assert not (tmp_path / ("f.csv" + LOCK_SUFFIX)).exists()  # refused before the lock file is made
     with pytest.raises(DataFileError):  # and the writer alone refuses it too
-        tune_mod.DatasetWriter(out)
+        writer.DatasetWriter(out)
     assert (out.read_bytes(), out.stat().st_mtime_ns) == before
 
 

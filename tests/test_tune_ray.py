@@ -6,7 +6,6 @@ driver's process group killed with SIGKILL, then restarted.
 """
 
 import argparse
-import importlib
 import os
 import signal
 import socket
@@ -19,12 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from gpperf_torch.cli import tune as tune_cli
 from gpperf_torch.kernels import TileConfig
+from gpperf_torch.tuning import plan, ray_exec, runtime
+from gpperf_torch.tuning import tune as tune_mod
 
 from helpers import keys, read_rows
-
-tune_mod = importlib.import_module("gpperf_torch.tune")
-ray_exec = importlib.import_module("gpperf_torch.tuning.ray_exec")
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = [
@@ -58,9 +57,9 @@ def ray():
 
 
 def test_tasks_are_cut_by_compile_class_and_keep_the_sweep_order():
-    problems = [tune_mod.Problem(m, 16, 16, "float16", 0, 0, 0) for m in (16, 32, 48, 64, 80, 96)]
-    per = {p: [tune_mod.WorkItem(p, c) for c in [None, *CONFIGS]] for p in problems}
-    work = tune_mod.order_work(per, chunk=2, seed=0)
+    problems = [plan.Problem(m, 16, 16, "float16", 0, 0, 0) for m in (16, 32, 48, 64, 80, 96)]
+    per = {p: [plan.WorkItem(p, c) for c in [None, *CONFIGS]] for p in problems}
+    work = plan.order_work(per, chunk=2, seed=0)
     tasks = ray_exec.make_tasks("g", work, task_items=4, window=12)
     assert sorted(map(repr, (it for t in tasks for it in t.items))) == sorted(map(repr, work))  # each item once
     assert all(len({ray_exec.compile_class(it) for it in t.items}) == 1 for t in tasks)
@@ -75,10 +74,10 @@ def test_tasks_are_cut_by_compile_class_and_keep_the_sweep_order():
 
 def test_without_ray_the_message_names_the_extra(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
-    with pytest.raises(tune_mod.RayUnavailableError, match=r"gpperf-torch\[cluster\]"):
+    with pytest.raises(ray_exec.RayUnavailableError, match=r"gpperf-torch\[cluster\]"):
         tune_mod.tune(tmp_path / "x.csv", shapes=[(16, 16, 16)], ray="local", **FAST)
     parser = argparse.ArgumentParser()
-    tune_mod.add_cli(parser.add_subparsers(dest="command"))
+    tune_cli.add_cli(parser.add_subparsers(dest="command"))
     argv = ["tune", "--shapes", str(tmp_path / "none.txt"), "--out", str(tmp_path / "x.csv"), "--interpret"]
     args = parser.parse_args([*argv, "--ray", "local"])
     assert args.func(args) == 2
@@ -215,7 +214,7 @@ def test_driver_process_group_sigkilled_then_resumed(ray, tmp_path):
     cfgs = tmp_path / "configs.txt"
     cfgs.write_text("".join(c.key + "\n" for c in CONFIGS))
     out = tmp_path / "killd.csv"
-    cmd = [sys.executable, "-c", "import sys; from gpperf_torch.cli import main; sys.exit(main())", "tune"]
+    cmd = [sys.executable, "-c", "import sys; from gpperf_torch.cli.main import main; sys.exit(main())", "tune"]
     cmd += ["--shapes", str(shapes), "--configs", str(cfgs), "--out", str(out), "--interpret", "-q"]
     cmd += ["--no-energy", "--time-budget-ms", "2", "--ray", "local", "--ray-workers", "2"]
     env = dict(
@@ -264,7 +263,7 @@ def test_budget_holds_for_the_whole_run_and_a_rerun_finishes(ray, tmp_path):
 def test_gpu_sweep_on_a_cluster_without_gpus_says_what_to_do(ray, tmp_path):
     if ray.cluster_resources().get("GPU", 0):
         pytest.skip("this Ray runtime has GPUs: test_gpu_worker_measures_on_its_gpu runs instead")
-    with pytest.raises(tune_mod.NoCudaError, match="has no GPUs.*--interpret --ray-workers N"):
+    with pytest.raises(runtime.NoCudaError, match="has no GPUs.*--interpret --ray-workers N"):
         tune_mod.tune(tmp_path / "g.csv", shapes=[(16, 16, 16)], ray="local", energy_fraction=0.0, quiet=True)
 
 

@@ -11,8 +11,11 @@ import pytest
 import torch
 
 import gpperf_torch as gp
-from gpperf_torch import kernels, measure, selector, table, verify, verify_policy
-from gpperf_torch.verify_policy import VerifyPolicy
+from gpperf_torch import kernels
+from gpperf_torch.measure import timing as measure
+from gpperf_torch.policy import verify_policy
+from gpperf_torch.policy.verify_policy import VerifyPolicy
+from gpperf_torch.selection import selector, table, verify
 
 from helpers import FAST
 
@@ -246,7 +249,7 @@ def test_cannot_measure_names_capture_tracing_and_fake_tensors(monkeypatch):
 @interp_only
 def test_per_process_cap_falls_back_to_predict_and_warns_once(verifying, monkeypatch, caplog):
     monkeypatch.setenv("GPPERF_VERIFY_MAX_SHAPES", "1")
-    from gpperf_torch import state
+    from gpperf_torch.selection import state
 
     state._warned.discard("verify-cap")
     with gp.mode("verify"), caplog.at_level(logging.WARNING):

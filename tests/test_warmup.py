@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import gpperf_torch as gp
-from gpperf_torch import kernels, selector, table, verify
+from gpperf_torch import kernels
+from gpperf_torch.selection import selector, table, verify
 
 pytestmark = pytest.mark.skipif(not kernels.interpreting(), reason="warmup measures through the Triton interpreter")
 

@@ -37,8 +37,8 @@ def step_decode(c: Check) -> dict:
     import torch
 
     import gpperf_torch as gp
-    from gpperf_torch import selector
     from gpperf_torch.kernels import launcher
+    from gpperf_torch.selection import selector
 
     ex = _example()
     cuda = torch.cuda.is_available() and not c.dry

@@ -113,7 +113,8 @@ def _e2e_problem(p: dict, device: str, timer, meter, model_dir, autotune) -> dic
     import torch
 
     import gpperf_torch as gp
-    from gpperf_torch import measure, selector
+    from gpperf_torch.measure import timing as measure
+    from gpperf_torch.selection import selector, state
 
     a, b = _operands(p, device)
     out = torch.empty(a.shape[0], b.shape[1], device=device, dtype=a.dtype)
@@ -134,7 +135,7 @@ def _e2e_problem(p: dict, device: str, timer, meter, model_dir, autotune) -> dic
             continue  # exhaustive through the interpreter is minutes per shape
         selector.reset()  # first sight again: time to first result includes selection
         if model_dir is not None:
-            selector.set_model(str(model_dir), device)
+            state.set_model(str(model_dir), device)
         with gp.mode(md):
             first_and_steady(lambda _i: gp.matmul(a, b), f"gpperf_{md}")
             cfg = selector.choose(a, b, None, None)
@@ -167,7 +168,8 @@ def _e2e_problem(p: dict, device: str, timer, meter, model_dir, autotune) -> dic
 def step_e2e(c: Check) -> dict:
     import torch
 
-    from gpperf_torch import measure, selector
+    from gpperf_torch.measure import timing as measure
+    from gpperf_torch.selection import state
 
     device = "cuda" if torch.cuda.is_available() and not c.dry else "cpu"
     problems = _held_out_problems(c, limit=c.opts.e2e_shapes if not c.dry else 2)
@@ -179,7 +181,7 @@ def step_e2e(c: Check) -> dict:
     meter = measure.open_energy_meter(0) if device == "cuda" else None
     model_dir = c.state.get("split_model")
     if model_dir is not None:
-        selector.set_model(str(model_dir), device)
+        state.set_model(str(model_dir), device)
     tuned_kernel, n_auto = _autotuned_kernel(c.state.get("configs") or check_configs(c.dry, c.opts.configs))
     rows = []
     for i, p in enumerate(problems):

@@ -47,7 +47,7 @@ def check_configs(dry: bool, count: int = 48):
 
 
 def check_shapes(dry: bool, n_llm: int = 14, n_random: int = 16) -> list[tuple[int, int, int]]:
-    from gpperf_torch.shapes import llm_shapes, random_shapes
+    from gpperf_torch.tuning.shapes import llm_shapes, random_shapes
 
     if dry:
         return [(16, 32, 64), (33, 47, 29), (64, 64, 64), (1, 96, 128), (100, 37, 53), (48, 80, 16)]
@@ -69,7 +69,7 @@ def check_shapes(dry: bool, n_llm: int = 14, n_random: int = 16) -> list[tuple[i
 
 
 def step_tune(c: Check) -> dict:
-    from gpperf_torch.tune import tune
+    from gpperf_torch.tuning.tune import tune
 
     o = c.opts
     shapes = check_shapes(c.dry, o.llm_shapes, o.random_shapes)
@@ -131,8 +131,9 @@ def energy_plausibility(path: Path) -> dict:
 
 # ---- 4 predict ----------------------------------------------------------------------------------------
 def step_predict(c: Check) -> dict:
-    from gpperf_torch import dataset, train
-    from gpperf_torch.predictor import Predictor, shipped_model
+    from gpperf_torch.measure import dataset
+    from gpperf_torch.predictor import train
+    from gpperf_torch.predictor.runtime import Predictor, shipped_model
 
     path = c.state.get("tune_csv") or c.out / "tune.csv"
     model_dir = Path("/tmp") / f"gpperf-check-model-{os.getpid()}"
@@ -163,7 +164,7 @@ def step_predict(c: Check) -> dict:
 
 
 def _short(name: str) -> str:
-    from gpperf_torch.device import short_name_of
+    from gpperf_torch.measure.device import short_name_of
 
     return short_name_of(name)
 
@@ -172,7 +173,7 @@ def _short(name: str) -> str:
 def step_model(c: Check) -> dict:
     import shutil
 
-    from gpperf_torch import train
+    from gpperf_torch.predictor import train
 
     path = c.state.get("tune_csv") or c.out / "tune.csv"
     tmp = Path("/tmp") / f"gpperf-check-full-{os.getpid()}"

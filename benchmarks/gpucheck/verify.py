@@ -110,7 +110,7 @@ def step_verify(c: Check) -> dict:
     import torch
 
     import gpperf_torch as gp
-    from gpperf_torch import selector
+    from gpperf_torch.selection import selector
 
     cuda = torch.cuda.is_available() and not c.dry
     t_end = time.monotonic() + c.budget("verify")
@@ -187,9 +187,11 @@ def noise_check(table_path: str) -> dict:
     of its measured shape; the share whose median is slower than cuBLAS's (and slower by more than 3%)."""
     import torch
 
-    from gpperf_torch import kernels, measure, table
+    from gpperf_torch import kernels
     from gpperf_torch.kernels import TileConfig
+    from gpperf_torch.measure import timing as measure
     from gpperf_torch.nn import GemmShape
+    from gpperf_torch.selection import table
     from gpperf_torch.warmup import operands
 
     entries, _, _ = table.read_file(Path(table_path))

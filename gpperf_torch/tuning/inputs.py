@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..device import KNOWN_DEVICES
+from ..measure.device import KNOWN_DEVICES
 from .plan import Problem
 
 # Input sets are rotated until they span this many bytes (2x the largest L2 we know, H200's 60 MiB), so a

@@ -12,16 +12,16 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from .. import measure
-from ..device import KNOWN_DEVICES, DeviceInfo
-from .inputs import DEFAULT_ROTATE_BYTES, MAX_INPUT_SETS, InputSets  # noqa: F401 (re-exported)
+from ..measure import timing as measure
+from ..measure.device import KNOWN_DEVICES, DeviceInfo
+from .inputs import InputSets
 from .plan import WorkItem, _seed_of, variant_of
 
 if TYPE_CHECKING:
+    from ..measure.writer import DatasetWriter
     from .plan import TuneSummary
     from .precompile import Precompiler
     from .progress import _Progress
-    from .writer import DatasetWriter
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def open_bench(interpret: bool, energy_fraction: float, *, worker: str | None = 
         )
     import torch
 
-    from ..device import current_device
+    from ..measure.device import current_device
 
     info = current_device()
     index = torch.cuda.current_device()

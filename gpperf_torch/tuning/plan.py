@@ -1,7 +1,7 @@
 """The plan of a sweep: problems (shape x dtype x layout), work items, sampling, ordering, compile classes.
 
-Everything here is pure and seeded (crc32, never hash()), so a rerun plans the same work and resume can skip
-what is already in the file.
+Everything here is pure and seeded (crc32, never hash()), so a rerun plans the same work and resume
+(`pending_work`) can skip what is already in the file.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..shapes import Shape, preset_shapes, read_shapes
+from ..measure.dataset import KEY_COLUMNS
+from ..measure.writer import DatasetWriter, format_cell
+from .shapes import Shape, preset_shapes, read_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -256,3 +258,42 @@ def plan_items(
         items += [WorkItem(p, c) for c in sample_configs(space[p.dtype], configs_per_shape, seed=seed, key=p)]
         out[p] = items
     return out
+
+
+# ---- resume: the planned items not yet in the file -----------------------------------------------------
+def _item_key(gpu: str, it: WorkItem) -> tuple[str, ...]:
+    p = it.problem
+    vals = {
+        "gpu": gpu,
+        "m": p.m,
+        "n": p.n,
+        "k": p.k,
+        "dtype": p.dtype,
+        "a_trans": p.a_trans,
+        "b_trans": p.b_trans,
+        "tf32": p.tf32,
+        "backend": "torch" if it.cfg is None else "triton",
+        "config": "" if it.cfg is None else it.cfg.key,
+    }
+    return tuple(format_cell(vals[c]) for c in KEY_COLUMNS)
+
+
+def pending_work(
+    writer: DatasetWriter, gpu: str, planned: dict[Problem, list[WorkItem]], *, chunk: int, seed: int
+) -> tuple[list[WorkItem], int]:
+    """Resume: the planned items on `gpu` not yet in the file, in sweep order, and how many were skipped.
+
+    A problem with an `oom` row is skipped whole (its inputs did not fit on that GPU).
+    """
+    skipped = 0
+    per_problem: dict[Problem, list[WorkItem]] = {}
+    for p, planned_items in planned.items():
+        pkey = tuple(str(x) for x in (gpu, p.m, p.n, p.k, p.dtype, p.a_trans, p.b_trans, p.tf32))
+        if pkey in writer.oom_problems:
+            items = []
+        else:
+            items = [it for it in planned_items if _item_key(gpu, it) not in writer.existing]
+        skipped += len(planned_items) - len(items)
+        if items:
+            per_problem[p] = items
+    return order_work(per_problem, chunk=chunk, seed=seed), skipped

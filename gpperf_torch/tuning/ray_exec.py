@@ -31,12 +31,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..dataset import KEY_COLUMNS
+from ..measure.dataset import KEY_COLUMNS
+from ..measure.writer import DatasetWriter, format_cell
 from .local import _over_budget, _row_for, _Run, _visit, base_row_of, open_bench
 from .plan import Problem, TuneSummary, WorkItem, variant_of
 from .progress import _Progress
 from .runtime import _ensure_interpreter
-from .writer import DatasetWriter, _fmt
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ class _Worker:
 
 
 def _row_key(row: dict[str, Any]) -> tuple[str, ...]:
-    return tuple(_fmt(row.get(c)) for c in KEY_COLUMNS)
+    return tuple(format_cell(row.get(c)) for c in KEY_COLUMNS)
 
 
 def run_on_ray(
