@@ -1,4 +1,4 @@
-"""predictor.py: load + verify (checksum, schema, missing files), predict, shipped models, no sklearn."""
+"""predictor/runtime.py: load + verify (checksum, schema, missing files), predict, shipped models, no sklearn."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Export: a fitted model (fitting.Fitted) to model.onnx + model.json, the only form the op loads.
 
-Offline only (skl2onnx, onnx). The graph computes exactly Fitted.log_predict; predictor.py loads it.
+Offline only (skl2onnx, onnx). The graph computes exactly Fitted.log_predict; runtime.py loads it.
 """
 
 from __future__ import annotations

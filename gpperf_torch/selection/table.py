@@ -12,7 +12,7 @@ for this GPU and these versions, is ignored with one warning that says why.
 
 `GPPERF_TABLE=path` loads a table read-only: the process never measures and never writes (a production host);
 shapes it lacks take the prediction. `gpperf-torch table show|merge PATH...` prints and combines tables
-(table_cli.py).
+(cli/table.py).
 """
 
 from __future__ import annotations
