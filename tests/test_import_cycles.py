@@ -1,7 +1,8 @@
 """The package's import graph has no cycles: no module imports one that (directly or through others) imports it.
 Every import counts, at module level or inside a function, TYPE_CHECKING blocks included. And the rooms keep
 their order (DESIGN, issue 25): data flows down, cli -> front -> selection -> predictor -> policy / measure ->
-kernels, with tuning beside the predictor, so no room imports one above it."""
+kernels, with tuning beside the predictor and the compile path (inductor) between the front and selection, so no
+room imports one above it."""
 
 from __future__ import annotations
 
@@ -114,13 +115,15 @@ def test_the_selection_path_is_one_way():
 
 FRONT = ("gpperf_torch", "gpperf_torch.ops", "gpperf_torch.nn", "gpperf_torch.warmup")
 BASICS = ("gpperf_torch.errors", "gpperf_torch.env", "gpperf_torch.paths", "gpperf_torch.once")
-ROOMS = ("cli", "selection", "predictor", "policy", "measure", "tuning", "kernels")
+ROOMS = ("cli", "inductor", "selection", "predictor", "policy", "measure", "tuning", "kernels")
 # What each room may import besides itself and the shared basics: the rooms below it (DESIGN.md).
 MAY_IMPORT = {
     # the package itself is the public API: the front, and `gpperf_torch.tuning.tune` (the tuner, imported on first use)
-    "api": {"front", "selection", "predictor", "policy", "measure", "tuning", "kernels"},
-    "cli": {"front", "selection", "predictor", "policy", "measure", "tuning", "kernels"},
-    "front": {"selection", "predictor", "policy", "measure", "kernels"},
+    "api": {"front", "inductor", "selection", "predictor", "policy", "measure", "tuning", "kernels"},
+    "cli": {"front", "inductor", "selection", "predictor", "policy", "measure", "tuning", "kernels"},
+    "front": {"inductor", "selection", "predictor", "policy", "measure", "kernels"},
+    # the compile path (torch._inductor stays in it): scores through selection's state and ranking
+    "inductor": {"selection", "predictor", "policy", "measure", "kernels"},
     "selection": {"predictor", "policy", "measure", "kernels"},
     "predictor": {"policy", "measure", "kernels"},
     "tuning": {"measure", "kernels"},
@@ -177,3 +180,23 @@ def test_the_top_level_is_the_front_and_the_basics():
     top = sorted(p.stem for p in (ROOT / "gpperf_torch").glob("*.py"))
     assert len(top) <= 10, top
     assert {f"gpperf_torch.{m}" if m != "__init__" else "gpperf_torch" for m in top} == set(FRONT) | set(BASICS)
+
+
+def internals_outside_the_inductor_room() -> list[str]:
+    """Modules outside gpperf_torch.inductor that import torch._inductor (issue 26: the internals stay in one room)."""
+    wrong = []
+    for name, path in _modules().items():
+        if name == "gpperf_torch.inductor" or name.startswith("gpperf_torch.inductor."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and not node.level:
+                mods = [node.module or ""]
+            wrong += [f"{name} imports {m}" for m in mods if m == "torch._inductor" or m.startswith("torch._inductor.")]
+    return wrong
+
+
+def test_torch_internals_stay_in_the_inductor_room():
+    assert "gpperf_torch.inductor.templates" in _modules()
+    wrong = internals_outside_the_inductor_room()
+    assert not wrong, "torch._inductor outside gpperf_torch/inductor/: " + "; ".join(wrong)
