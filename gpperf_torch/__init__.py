@@ -66,4 +66,10 @@ def __getattr__(name: str):
         from .tuning.tune import tune
 
         return tune
+    # `gpperf_torch.inductor.install()`: the torch.compile hook (inductor/), imported on first use like the tuner;
+    # importing it imports no torch._inductor module either (that waits for install()).
+    if name == "inductor":
+        import importlib
+
+        return importlib.import_module(".inductor", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,7 +10,7 @@ Owns everything that touches `torch._inductor` (no other room may): the policy (
 configs Inductor offers for a GEMM to keep, ranked by the model under the op's dispatch rules with the compile
 path's costs, `costs`), the list of configs Inductor offers (`templates`), the replay of that policy on measured
 data (`replay`, for `gpperf-torch eval --backend inductor`), and the hook that installs the policy into Inductor
-(`hook`: the InductorChoices subclass; `gemm`: what it reads off a GEMM being lowered; `install`: turning it on
+(`hook`: the InductorChoices subclass; `gemm`: what it reads off a GEMM being lowered; `switch`: turning it on
 and off, process-wide). docs/inductor.md has the design.
 
 It sits above selection (it scores through the selector's state and ranking) and below the front and the CLI:
@@ -21,6 +21,6 @@ that happens on first use, so the op path keeps working on a torch whose interna
 
 from __future__ import annotations
 
-from .install import HookUnavailableError, current, enabled, install, installed, uninstall, uuid
+from .switch import HookUnavailableError, current, enabled, install, installed, uninstall, uuid
 
 __all__ = ["HookUnavailableError", "current", "enabled", "install", "installed", "uninstall", "uuid"]

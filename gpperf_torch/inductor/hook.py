@@ -40,7 +40,7 @@ from torch._inductor.template_heuristics.params import DictKernelTemplateParams
 from torch._inductor.virtualized import V
 
 from ..once import WarnOnce
-from . import install as _install
+from . import switch as _install
 from .gemm import spec_of
 
 logger = logging.getLogger(__name__)
@@ -164,12 +164,12 @@ def _template_inputs(kernel_inputs, op_name: str):
     carries the aten extern has it unexpanded, as cuBLAS takes it)."""
     if op_name != "addmm":
         return kernel_inputs
-    from torch._inductor.lowering import expand
+    from torch._inductor.ir import ExpandView, TensorBox
 
     inp, mat1, mat2 = kernel_inputs.nodes()
     size = list(kernel_inputs.output_layout().size)
-    if list(inp.get_size()) != size:
-        inp = expand(inp, size)
+    if list(inp.get_size()) != size:  # as mm_args expands it for the template (a view: stride 0 along M)
+        inp = TensorBox(ExpandView.create(inp, size))
     scalars = {s: kernel_inputs.get_scalar(s) for s in ("alpha", "beta")}
     return MMKernelInputs([inp, mat1, mat2], scalars=scalars)
 
