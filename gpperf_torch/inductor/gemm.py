@@ -12,9 +12,8 @@ logger = logging.getLogger(__name__)
 
 DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
 
-# Pointwise ops a template fuses into its epilogue, by FX target name (aten overload packet). Views between the
-# GEMM and them are looked through (F.linear on a 3-D input lowers to view -> addmm -> view).
-_ACTIVATIONS = {"relu", "gelu", "silu", "sigmoid", "tanh", "hardswish", "leaky_relu", "elu", "mish", "hardtanh"}
+# Views between the GEMM and its consumers are looked through (F.linear on a 3-D input lowers to view -> addmm ->
+# view); a lone add of a vector is a bias.
 _VIEWS = {"view", "_unsafe_view", "reshape", "squeeze", "unsqueeze"}
 _ADDS = {"add"}
 
@@ -61,15 +60,24 @@ def _name(node) -> str:
     return getattr(packet, "__name__", "") if packet is not None else ""
 
 
-def _sole_user(node):
-    users = list(getattr(node, "users", {}) or {})
-    return users[0] if len(users) == 1 else None
+def _pointwise(node) -> bool:
+    target = getattr(node, "target", None)
+    return node.op == "call_function" and torch.Tag.pointwise in getattr(target, "tags", ())
+
+
+def _consumers(node) -> list:
+    """The node's users, looking through views."""
+    out = []
+    for user in getattr(node, "users", {}) or {}:
+        out.extend(_consumers(user) if _name(user) in _VIEWS else [user])
+    return out
 
 
 def epilogue_of(op_name: str) -> str | None:
     """None, "bias", "act" or "bias_act" for the FX node being lowered (V.graph.current_node): addmm carries its
-    bias; a lone add of a broadcast vector after mm/bmm is a bias; an activation as the sole consumer (through
-    views) is fused by the template. Unknown (no FX node) is None: the plan then counts no fusion saving."""
+    bias; a lone add of a vector after mm/bmm is a bias; pointwise consumers (an activation, decomposed or not, a
+    residual add, a cast) are what the scheduler fuses into a template's epilogue and cuBLAS leaves to a kernel
+    of its own: "act". Unknown (no FX node) is None: the plan then counts no fusion saving."""
     from torch._inductor.virtualized import V
 
     try:
@@ -79,30 +87,21 @@ def epilogue_of(op_name: str) -> str | None:
     if node is None or not hasattr(node, "users"):
         return None
     bias = op_name == "addmm"
-    act = False
-    cur = node
-    for _ in range(4):  # a short chain: views, at most one add, one activation
-        user = _sole_user(cur)
-        if user is None:
-            break
-        name = _name(user)
-        if name in _VIEWS:
-            cur = user
-            continue
-        if name in _ADDS and not bias and _is_vector_add(user, cur):
-            bias, cur = True, user
-            continue
-        if name in _ACTIVATIONS:
-            act = True
-        break
+    users = _consumers(node)
+    if not bias and len(users) == 1 and _name(users[0]) in _ADDS and _is_vector_add(users[0]):
+        bias, users = True, _consumers(users[0])
+    act = bool(users) and all(_pointwise(u) for u in users)
     if bias and act:
         return "bias_act"
     return "bias" if bias else ("act" if act else None)
 
 
-def _is_vector_add(add, src) -> bool:
-    other = [a for a in add.args if a is not src]
-    if len(other) != 1 or not hasattr(other[0], "meta"):
+def _is_vector_add(add) -> bool:
+    other = [a for a in add.args if hasattr(a, "meta") and a.meta.get("val") is not None]
+    if len(other) != 2:
+        return False
+    other = [a for a in other if a.meta["val"].dim() == 1]
+    if len(other) != 1:
         return False
     val = other[0].meta.get("val")
     return isinstance(val, torch.Tensor) and val.dim() == 1
