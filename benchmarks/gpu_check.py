@@ -11,17 +11,19 @@ after every step, so whatever ran is on disk):
   3 verify    the measured dispatch on a decoder, a ViT block's GEMMs and odd TIMM-like layers: plain vs predict
               vs verify end to end, gp.warmup's first-sight cost (compiles, timed ms per shape), and a noise check
               (a fresh process re-times every verified Triton choice against cuBLAS)
-  4 tune      a budgeted tuning run (runtime + NVML energy), llm + random shapes, fp16 and bf16
-  5 predict   train on a grouped 70% of the new data, evaluate on the held-out shapes; evaluate the shipped
+  4 compile   torch.compile of a decoder block and a ViT MLP: default, max-autotune, the gpperf Inductor hook in
+              predict and verify mode (issue 26): compile s, steady-state ms, share of GEMMs on Triton templates
+  5 tune      a budgeted tuning run (runtime + NVML energy), llm + random shapes, fp16 and bf16
+  6 predict   train on a grouped 70% of the new data, evaluate on the held-out shapes; evaluate the shipped
               model on all new shapes (does the public-data model transfer to our kernel?)
-  6 e2e       held-out shapes: gpperf (predict / verify / exhaustive) vs torch.matmul vs the measured best vs
+  7 e2e       held-out shapes: gpperf (predict / verify / exhaustive) vs torch.matmul vs the measured best vs
               triton.autotune over the same candidates (steady state and time to first result); objective
               energy vs time (joules and ms per GEMM)
-  7 overhead  benchmarks/selection_overhead.py here: first-sight latency, cached path, host time per call of
+  8 overhead  benchmarks/selection_overhead.py here: first-sight latency, cached path, host time per call of
               gpperf_torch.matmul vs kernels.launch vs torch.matmul
-  8 decode    the decoder example's decode steps (2 layers, GPT-2 width, batch 4, fp16): tokens/s and us per GEMM
+  9 decode    the decoder example's decode steps (2 layers, GPT-2 width, batch 4, fp16): tokens/s and us per GEMM
               call plain / patched torch-only / predict / verify, lean launch path off and on, CUDA graphs
-  9 model     a model retrained on all new data, written beside the results (ready for gpperf_torch/data/)
+  10 model     a model retrained on all new data, written beside the results (ready for gpperf_torch/data/)
 The steps live in benchmarks/gpucheck/ by concern (common state, verify, tune + predict + model, e2e, decode,
 summary);
 this file is the command line, the env and tests steps, and the overhead step.
@@ -44,6 +46,7 @@ from datetime import datetime
 from pathlib import Path
 
 from gpucheck.common import REPO, Check, log
+from gpucheck.compile import step_compile
 from gpucheck.decode import step_decode
 from gpucheck.e2e import step_e2e
 from gpucheck.summary import summary_markdown
@@ -56,15 +59,20 @@ from gpucheck.verify import step_verify
 # twice (the lean launch path off, then on: its second pass reuses the compiled kernels).
 # The verify step (the measured dispatch on three models' GEMMs, issue 20) comes right after the tests: it is the
 # current focus, and it needs only the shipped model; tune and tests gave up 30 s and 10 s for it.
-GPU_BUDGETS = {"tests": 100, "verify": 80, "tune": 100, "predict": 20, "e2e": 55, "overhead": 15, "decode": 60,
-               "model": 15}  # fmt: skip
-DRY_BUDGETS = {"tests": 90, "verify": 60, "tune": 25, "predict": 30, "e2e": 40, "overhead": 20, "decode": 40,
-               "model": 20}  # fmt: skip
-GPU_TOTAL_S = 460
+# The compile step (issue 26: the Inductor hook against default and max-autotune) comes after verify: its
+# max-autotune rows are compile-bound (Inductor benchmarks ~20 template configs per GEMM), so it gets 50 s and the
+# rows run cheapest first. With the energy step (45 s, added by its own change) the steps need 95 s more: tune
+# (-10), e2e (-5) and decode (-5) gave up 20 s, and the whole run grows from 460 to 530 s (steps 520 s + env),
+# which still leaves a 600 s device call 70 s for the machine's start-up and the wheels.
+GPU_BUDGETS = {"tests": 100, "verify": 80, "compile": 50, "tune": 90, "predict": 20, "e2e": 50, "overhead": 15,
+               "decode": 55, "model": 15}  # fmt: skip
+DRY_BUDGETS = {"tests": 90, "verify": 60, "compile": 40, "tune": 25, "predict": 30, "e2e": 40, "overhead": 20,
+               "decode": 40, "model": 20}  # fmt: skip
+GPU_TOTAL_S = 530
 # triton.autotune with its default benchmarking (25 ms warm-up + 100 ms per config) costs seconds per shape:
 # measured on the first few held-out shapes only.
 AUTOTUNE_SHAPES = 2
-DRY_TOTAL_S = 380
+DRY_TOTAL_S = 420
 
 
 # ---- 1 env --------------------------------------------------------------------------------------------
@@ -204,7 +212,7 @@ def step_tests(c: Check) -> dict:
     return res
 
 
-# ---- 6 overhead -------------------------------------------------------------------------------------
+# ---- 8 overhead -------------------------------------------------------------------------------------
 def step_overhead(c: Check) -> dict:
     """benchmarks/selection_overhead.py on this machine: first sight, cached path, host time per call."""
     sys.path.insert(0, str(REPO / "benchmarks"))
@@ -232,6 +240,7 @@ STEPS = {
     "env": step_env,
     "tests": step_tests,
     "verify": step_verify,
+    "compile": step_compile,
     "tune": step_tune,
     "predict": step_predict,
     "e2e": step_e2e,

@@ -34,7 +34,7 @@ H100 = types.SimpleNamespace(
 
 def _skip_reason() -> str | None:
     if not torch.__version__.startswith(TESTED_TORCH + "."):
-        return f"the fake-CUDA harness is written against torch {TESTED_TORCH}'s Inductor internals, not {torch.__version__}"
+        return f"the fake-CUDA harness is written against torch {TESTED_TORCH}'s Inductor, not {torch.__version__}"
     try:
         from torch._dynamo.device_interface import CudaInterface  # noqa: F401
         from torch._inductor.choices import InductorChoices

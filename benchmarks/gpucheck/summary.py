@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .compile import compile_table
 from .decode import decode_table
 from .verify import verify_table
 
@@ -87,6 +88,10 @@ def summary_markdown(s: dict, step_order: list[str]) -> str:
                 f"{m['model']} {m['verify_ms'] / m['plain_ms']:.3f}" for m in ms)  # fmt: skip
             if "triton_choices" in nc:
                 txt += f"; noise check: {nc['share_slower']:.0%} of {nc['triton_choices']} Triton choices slower"
+        elif name == "compile":
+            by = [r for r in res.get("rows", []) if "steady_ms" in r]
+            txt = ("CPU lowering (the hook defers); " if res.get("cpu_lowering") else "") + "; ".join(
+                f"{r['model']} {r['config']} {r['compile_s']:.1f} s / {r['steady_ms']:.3f} ms" for r in by)  # fmt: skip
         elif name == "env":
             txt = (
                 f"{env.get('sm_count', '-')} SMs, smem {env.get('max_shared_memory', '-')} B, energy counter "
@@ -126,5 +131,6 @@ def summary_markdown(s: dict, step_order: list[str]) -> str:
                 f"{_fmt(r.get('autotune_first_ms'), 1)} | {r.get('gpperf_predict_config')} |"
             )
     lines += verify_table(st.get("verify", {}).get("result") or {})
+    lines += compile_table(st.get("compile", {}).get("result") or {})
     lines += decode_table(st.get("decode", {}).get("result") or {})
     return "\n".join(lines) + "\n"

@@ -21,6 +21,7 @@ that happens on first use, so the op path keeps working on a torch whose interna
 
 from __future__ import annotations
 
-from .switch import HookUnavailableError, current, enabled, install, installed, uninstall, uuid
+from .settings import current, installed, uuid
+from .switch import HookUnavailableError, enabled, install, uninstall
 
 __all__ = ["HookUnavailableError", "current", "enabled", "install", "installed", "uninstall", "uuid"]

@@ -40,7 +40,7 @@ from torch._inductor.template_heuristics.params import DictKernelTemplateParams
 from torch._inductor.virtualized import V
 
 from ..once import WarnOnce
-from . import switch as _install
+from . import settings as _settings
 from .gemm import spec_of
 
 logger = logging.getLogger(__name__)
@@ -66,11 +66,11 @@ class GpperfChoices(InductorChoices):
     """Inductor's choices, with the GEMM templates chosen by gpperf's policy while the hook is installed."""
 
     def uuid(self) -> str:  # Inductor's FX graph cache key (config._cache_config_factory_keys)
-        return _install.uuid()
+        return _settings.uuid()
 
     def _finalize_template_configs(self, template_choices, kernel_inputs, templates, op_name, kwarg_overrides=None):
         base = super()._finalize_template_configs(template_choices, kernel_inputs, templates, op_name, kwarg_overrides)
-        settings = _install.current()
+        settings = _settings.current()
         if settings is None or op_name not in OPS:
             return base
         try:
@@ -152,8 +152,9 @@ def _plan(spec, offered: tuple[str, ...], settings, device: torch.device):
 
     where = {"device": device}
     if not torch.cuda.is_available():  # a lowering for a GPU this process does not drive (tests, cross-compile)
-        from ..measure.device import short_name_of
         from torch._dynamo.device_interface import get_interface_for_device
+
+        from ..measure.device import short_name_of
 
         where = {"gpu": short_name_of(get_interface_for_device(device).get_device_properties(device).name)}
     return plan(spec, mode=settings.mode, top_k=settings.top_k, offered=list(offered), **where)

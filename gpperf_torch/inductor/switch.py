@@ -20,14 +20,15 @@ Nothing here imports torch._inductor at module level: the package imports on tor
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import threading
 from collections.abc import Iterator
 
+from . import settings
+
 logger = logging.getLogger(__name__)
 
-MODES = ("predict", "verify")
+MODES = settings.MODES
 _CONFIG_KEY = "inductor_choices_class"
 
 
@@ -35,26 +36,10 @@ class HookUnavailableError(RuntimeError):
     """This torch's Inductor lacks what the hook needs (InductorChoices._finalize_template_configs)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    mode: str
-    top_k: int
-
-
 _lock = threading.Lock()
-_settings: Settings | None = None
 # What install replaced, restored by uninstall: the config entry's default, the calling thread's override and
 # choices handler (and the thread that installed).
 _saved: dict = {}
-
-
-def current() -> Settings | None:
-    """The installed settings, or None: the hook then behaves exactly as Inductor's own InductorChoices."""
-    return _settings
-
-
-def installed() -> bool:
-    return _settings is not None
 
 
 def _default_mode() -> str:
@@ -93,7 +78,6 @@ def install(mode: str | None = None, top_k: int = 3) -> None:
     templates, benchmarked by Inductor's own autotuner). Default: verify on a GPU, predict elsewhere.
     Calling it again changes the settings; `uninstall()` restores Inductor's own behaviour.
     """
-    global _settings
     mode = mode or _default_mode()
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -101,7 +85,7 @@ def install(mode: str | None = None, top_k: int = 3) -> None:
         raise ValueError(f"top_k must be a positive int, got {top_k!r}")
     config, entry, virt, slot, hook_cls = _internals()
     with _lock:
-        if _settings is None:
+        if settings.current() is None:
             theirs = getattr(config, _CONFIG_KEY)
             if theirs is not None and theirs is not hook_cls:
                 raise RuntimeError(
@@ -114,7 +98,7 @@ def install(mode: str | None = None, top_k: int = 3) -> None:
                 handler=getattr(virt.threadlocal, slot._key, None),
                 thread=threading.get_ident(),
             )
-        _settings = Settings(mode, top_k)
+        settings.set_current(settings.Settings(mode, top_k))
         entry.default = hook_cls  # threads started from now on
         setattr(config, _CONFIG_KEY, hook_cls)  # this thread (also marks its config hash dirty)
         slot._set_handler(hook_cls())
@@ -123,12 +107,11 @@ def install(mode: str | None = None, top_k: int = 3) -> None:
 
 def uninstall() -> None:
     """Restore Inductor's own choices: the config entry, this thread's handler; the hook goes passive everywhere."""
-    global _settings
-    if _settings is None:
+    if settings.current() is None:
         return
     config, entry, virt, slot, _ = _internals()
     with _lock:
-        _settings = None
+        settings.set_current(None)
         entry.default = _saved.get("default")
         if _saved.get("thread") == threading.get_ident():
             entry.user_override.set(_saved["override"])
@@ -152,7 +135,7 @@ def uninstall() -> None:
 @contextlib.contextmanager
 def enabled(mode: str | None = None, top_k: int = 3) -> Iterator[None]:
     """`with gp.inductor.enabled("predict"): torch.compile(model)(x)`: the hook for the block, then as before."""
-    before = _settings
+    before = settings.current()
     install(mode, top_k)
     try:
         yield
@@ -163,29 +146,4 @@ def enabled(mode: str | None = None, top_k: int = 3) -> Iterator[None]:
             install(before.mode, before.top_k)
 
 
-def uuid() -> str:
-    """The hook's part of Inductor's FX graph cache key: package version, model hash(es), mode and top_k."""
-    from .. import __version__
-
-    st = _settings
-    if st is None:
-        return f"gpperf-{__version__}-off"
-    return f"gpperf-{__version__}-{st.mode}-k{st.top_k}-{_model_hash()}"
-
-
-def _model_hash() -> str:
-    """The hash of the model the hook ranks with on this process's current GPU ('none' without one)."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return "none"
-    try:
-        from ..selection.state import default_device, state
-
-        return state(default_device()).model_hash[:16]
-    except Exception as e:  # a broken model: the hook defers, and the key still differs from a working one
-        return f"error-{type(e).__name__}"
-
-
-__all__ = ["HookUnavailableError", "MODES", "Settings", "current", "enabled", "install", "installed", "uninstall",
-           "uuid"]  # fmt: skip
+__all__ = ["HookUnavailableError", "MODES", "enabled", "install", "uninstall"]
