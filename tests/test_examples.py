@@ -133,6 +133,8 @@ def test_torch_compile(capsys):
     assert len(diffs) == 3, out  # forward vs eager, forward vs plain PyTorch, backward vs eager
     assert max(diffs) < 1e-3, out
     assert "fullgraph=True" in out
+    hook = re.search(r"max \|hook-compiled - plain PyTorch\| ([0-9.e+-]+)", out)  # the compile path's section
+    assert hook and float(hook.group(1)) < 1e-3, out
 
 
 # ---- gpperf-torch report --pareto ----------------------------------------------------------------------------------
