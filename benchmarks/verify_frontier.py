@@ -3,6 +3,14 @@ never saw; and what sharing a measurement across M (buckets) loses. The evidence
 
     python benchmarks/verify_frontier.py [--gpus h100 a100] [--tests family rand_split] [--seeds 0 1 2 3 4 5]
     python benchmarks/verify_frontier.py --buckets      # the M-bucket table only (no fitting, seconds)
+    python benchmarks/verify_frontier.py --backend both --gpus h100 --tests family --seeds 0 1 2
+
+`--backend inductor` (or `both`: the op's rows and these from the same fits) replays the compile path's policy
+(gpperf_torch/inductor/replay.py) on the same test sides: the candidates are the template configs Inductor 2.13
+offers per shape that the data measured; `predict` is one choice, nothing timed; `verify:K` / `verify` the extern
+plus the templates verify_policy names, the fastest measured kept (Inductor's autotuner: no margin);
+`max-autotune` every offered config and the extern; `perfect` the best measured config, offered or not. Printed
+also: the shares of shapes below 0.97x and 0.8x the extern (the issue's safety bounds for predict).
 
 For each GPU, test (benchmarks/dispatch_eval.py's splits: `family` holds whole Hugging Face model families out,
 `rand_split` a grouped 30% of the random shapes, `hf_split`, `rand2hf`) and seed: one fit on the training side
@@ -40,6 +48,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import dispatch_eval as de  # noqa: E402  (the splits and file lists of the dispatch table)
 
 POLICIES = ("predict", "verify:1", "verify:2", "verify:3", "verify:4", "verify", "perfect")
+INDUCTOR_POLICIES = ("predict", "verify:1", "verify:2", "verify:3", "verify:4", "verify", "max-autotune", "perfect")
 
 
 def _row_metrics(model, test) -> dict[str, dict]:
@@ -63,14 +72,69 @@ def _row_metrics(model, test) -> dict[str, dict]:
     return out
 
 
+def _inductor_metrics(model, test) -> dict[str, dict]:
+    from gpperf_torch.inductor.replay import inductor_metrics
+    from gpperf_torch.policy import verify_policy
+
+    out = {}
+    for name in INDUCTOR_POLICIES[1:-2]:
+        v = inductor_metrics(model, test, verify_policy.parse(name))
+        out[name] = _inductor_row(v, "verify", v["inductor_verify_choices_per_shape"])
+    out["predict"] = _inductor_row(v, "predict", 1.0)
+    out["max-autotune"] = _inductor_row(v, "max_autotune", v["inductor_max_autotune_choices_per_shape"])
+    out["perfect"] = _inductor_row(v, "oracle", math.nan)
+    best = math.log(out["perfect"]["geo"])
+    for row in out.values():
+        row["share"] = math.log(row["geo"]) / best if best > 0 else math.nan
+    out["_coverage"] = {"offered": v["inductor_offered_per_shape"], "measured": v["inductor_offered_measured_share"],
+                        "unseen": v["inductor_unseen_per_shape"], "n": v["inductor_n_shapes"]}  # fmt: skip
+    return out
+
+
+def _inductor_row(v: dict, pol: str, cands: float) -> dict:
+    return {"geo": v[f"inductor_{pol}_geomean"], "p10": v[f"inductor_{pol}_p10"], "min": v[f"inductor_{pol}_min"],
+            "below097": v[f"inductor_{pol}_share_below_0.97"], "below08": v[f"inductor_{pol}_share_below_0.8"],
+            "cands": cands}  # fmt: skip
+
+
+def _print_inductor(gpu: str, test: str, runs: list[dict]) -> None:
+    for name in INDUCTOR_POLICIES:
+        col = {f: [r[name][f] for r in runs] for f in ("geo", "p10", "min", "cands", "share", "below097", "below08")}
+        print(f"{gpu:5s} {test:10s} {'ind ' + name:16s} {np.mean(col['geo']):8.4f} {min(col['geo']):10.4f}"
+              f" {np.mean(col['p10']):6.3f} {min(col['min']):6.3f} {np.mean(col['cands']):6.2f}"
+              f" {np.nanmean(col['share']):10.2f} {np.mean(col['below097']):7.3f} {max(col['below097']):7.3f}"
+              f" {np.mean(col['below08']):6.3f}", flush=True)  # fmt: skip
+    cov = [r["_coverage"] for r in runs]
+    print(f"  (compile path: {np.mean([c['n'] for c in cov]):.0f} shapes per seed; Inductor offers"
+          f" {np.mean([c['offered'] for c in cov]):.1f} configs per shape, the data measured"
+          f" {np.mean([c['measured'] for c in cov]):.0%} of them, {np.mean([c['unseen'] for c in cov]):.1f} never"
+          " seen by the model)", flush=True)  # fmt: skip
+
+
+def _inductor_header() -> None:
+    print(f"{'gpu':5s} {'test':10s} {'policy':16s} {'geomean':>8s} {'worst seed':>10s} {'p10':>6s} {'min':>6s}"
+          f" {'cands':>6s} {'of perfect':>10s} {'<0.97x':>7s} {'worst':>7s} {'<0.8x':>6s}")  # fmt: skip
+
+
 def frontier(args) -> None:
+    if args.backend == "inductor":
+        _inductor_header()
+        for gpu in args.gpus:
+            table, mk = de.load_gpu(args.data, gpu)
+            for test in args.tests:
+                t0 = time.perf_counter()
+                runs = [_inductor_metrics(model, side) for _, model, side in de.fits(table, mk, gpu, test, args.seeds,
+                                                                                      args.jobs)]  # fmt: skip
+                _print_inductor(gpu, test, runs)
+                print(f"  ({len(args.seeds)} seeds, {time.perf_counter() - t0:.0f} s)", flush=True)
+        return
     print(f"{'gpu':5s} {'test':10s} {'policy':9s} {'geomean':>8s} {'worst seed':>10s} {'p10':>6s} {'min':>6s}"
           f" {'cands':>6s} {'compiles':>8s} {'of perfect':>10s}")  # fmt: skip
     for gpu in args.gpus:
         table, mk = de.load_gpu(args.data, gpu)
         for test in args.tests:
             t0 = time.perf_counter()
-            sides = de.fits(table, mk, gpu, test, args.seeds, args.jobs)
+            sides = list(de.fits(table, mk, gpu, test, args.seeds, args.jobs))
             runs = [_row_metrics(model, side) for _, model, side in sides]
             for name in POLICIES:
                 col = {f: [r[name][f] for r in runs] for f in ("geo", "p10", "min", "cands", "compiles", "share")}
@@ -78,6 +142,9 @@ def frontier(args) -> None:
                 print(f"{gpu:5s} {test:10s} {name:9s} {np.mean(col['geo']):8.4f} {min(col['geo']):10.4f}"
                       f" {np.mean(col['p10']):6.3f} {min(col['min']):6.3f} {np.mean(col['cands']):6.2f}"
                       f" {np.mean(col['compiles']):8.0f} {share:10.2f}", flush=True)  # fmt: skip
+            if args.backend == "both":
+                _inductor_header()
+                _print_inductor(gpu, test, [_inductor_metrics(model, side) for _, model, side in sides])
             print(f"  ({len(args.seeds)} seeds, {time.perf_counter() - t0:.0f} s)", flush=True)
 
 
@@ -159,6 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tests", nargs="+", default=["family", "rand_split"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4, 5])
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument(
+        "--backend",
+        choices=("op", "inductor", "both"),
+        default="op",
+        help="op: the op's measured dispatch; inductor: the compile path's policy; both, from the same fits",
+    )
     ap.add_argument("--buckets", action="store_true", help="only the M-bucket table")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

@@ -24,7 +24,7 @@ from .errors import DeviceMismatchError, DtypeError, ModelError, ShapeError
 from .kernels import TileConfig, candidate_space
 from .nn import Linear, patch, record_shapes, recording, unpatch
 from .ops import linear, matmul
-from .selection.explain import explain
+from .selection.explain import explain as _explain_op
 from .selection.objectives import mode, objective
 from .selection.selector import flush, verify_stats
 from .selection.state import set_model
@@ -57,6 +57,27 @@ __all__ = [
     "verify_stats",
     "warmup",
 ]
+
+
+BACKENDS = ("op", "inductor")
+
+
+def explain(m: int, n: int, k: int, *, backend: str = "op", **kwargs) -> list[dict]:
+    """The ranked candidates of one GEMM, the choice first, with why (dicts: rank, backend, config, predicted
+    time, ...; the first adds why, verify_candidates, the policy).
+
+    backend="op" (default): the custom op's choice among its Triton configs and torch.matmul
+    (selection/explain.py; keywords dtype, a_trans, b_trans, batch, objective, gpu, device). backend="inductor":
+    what the torch.compile path chooses among Inductor's own mm template configs and the aten extern
+    (inductor/policy.py; also epilogue=None|"bias"|"act"|"bias_act", mode="predict"|"verify", top_k).
+    """
+    if backend == "op":
+        return _explain_op(m, n, k, **kwargs)
+    if backend == "inductor":
+        from .inductor.policy import explain as explain_inductor
+
+        return explain_inductor(m, n, k, **kwargs)
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
 def __getattr__(name: str):

@@ -1,7 +1,7 @@
 """`gpperf-torch train` and `gpperf-torch eval`: fit a model on tuning data, or measure one on data.
 
 The work is predictor/train.py's (train_and_export) and predictor/evaluation.py's (evaluate); the replay of the
-measured dispatch is predictor/verify_eval.py's.
+measured dispatch is predictor/verify_eval.py's, the compile path's (`--backend inductor`) inductor/replay.py's.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 
+from ..inductor.costs import EPILOGUES
+from ..inductor.replay import format_inductor, inductor_metrics
 from ..measure import dataset
 from ..policy.verify_policy import parse
 from ..predictor.evaluation import evaluate
@@ -48,6 +50,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     predictor = load_cli_model(args.model)
     table = dataset.load_table(args.data, include_interpreted=args.include_interpreted)
+    if args.backend == "inductor":
+        return _eval_inductor(args, predictor, table)
+    if args.epilogue is not None:
+        print("gpperf-torch eval: --epilogue is the compile path's: add --backend inductor", file=sys.stderr)
+        return 2
     metrics = evaluate(predictor, table, host_cost=args.host_cost)
     if args.mode is not None:
         metrics.update(verify_metrics(predictor, table, args.mode))
@@ -57,6 +64,21 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     else:
         print(f"{predictor} on {', '.join(args.data)} ({len(table)} rows):")
         print(format_metrics(metrics))
+    return 0
+
+
+def _eval_inductor(args: argparse.Namespace, predictor, table) -> int:
+    if args.mode is not None and args.mode.exhaustive:
+        print("gpperf-torch eval: --backend inductor replays predict or verify[:K] (max-autotune, every offered"
+              " config, is reported beside them)", file=sys.stderr)  # fmt: skip
+        return 2
+    metrics = inductor_metrics(predictor, table, args.mode or "predict", epilogue=args.epilogue)
+    if args.json:
+        json.dump(metrics, sys.stdout, default=json_default)
+        sys.stdout.write("\n")
+    else:
+        print(f"{predictor} on {', '.join(args.data)} ({len(table)} rows), the compile path's policy replayed:")
+        print(format_inductor(metrics))
     return 0
 
 
@@ -101,6 +123,17 @@ def add_cli(subparsers) -> None:
         help="also replay the measured dispatch on the data: verify (the product's default policy, what a GPU runs"
         " by default), verify:K (cuBLAS plus the top K Triton configs by prediction) or exhaustive; adds the"
         " verify_* keys. Default: predict (the predict-only dispatch's keys alone)",
+    )  # fmt: skip
+    e.add_argument(
+        "--backend", choices=("op", "inductor"), default="op",
+        help="op: the custom op's dispatch (default); inductor: the torch.compile path's policy (Inductor's own mm"
+        " template configs as candidates, no host cost, Inductor's autotuner keeping the fastest in verify mode),"
+        " replayed with inductor_* keys beside max-autotune",
+    )  # fmt: skip
+    e.add_argument(
+        "--epilogue", choices=[x for x in EPILOGUES if x], default=None,
+        help="with --backend inductor: charge the extern the pointwise kernel a template fuses (bias: none; act,"
+        " bias_act: one modelled pass over the output, inductor/costs.py); default: a plain mm, as the data",
     )  # fmt: skip
     e.add_argument("--include-interpreted", action="store_true", help="keep interpreter rows (tests only)")
     e.set_defaults(func=_cmd_eval)

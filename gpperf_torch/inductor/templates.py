@@ -38,11 +38,13 @@ class _Graph:
     sizevars = _Hints()
 
 
-def _op_names(batched: bool, bias: bool) -> tuple[str, str]:
-    """(template, op_name) under which Inductor registers the heuristic for this GEMM."""
+def _op_names(batched: bool, bias: bool) -> list[tuple[str, str]]:
+    """[(template, op_name)] under which Inductor registers the heuristics whose configs it offers for this GEMM:
+    a plain mm adds AutoHeuristic's extra configs ("mm-ah"), which tuned_mm offers beside the others when
+    AutoHeuristic runs for mm (and with which the public data were collected); addmm and bmm have no such list."""
     if batched:
-        return "bmm", "baddbmm" if bias else "bmm"
-    return "mm", "addmm" if bias else "mm"
+        return [("bmm", "baddbmm" if bias else "bmm")]
+    return [("mm", "addmm")] if bias else [("mm", "mm"), ("mm", "mm-ah")]
 
 
 def mm_configs(m: int, n: int, k: int, *, dtype_size: int, batched: bool = False, bias: bool = False):
@@ -55,12 +57,12 @@ def mm_configs(m: int, n: int, k: int, *, dtype_size: int, batched: bool = False
         from torch._inductor.template_heuristics.registry import get_template_heuristic
         from torch._inductor.virtualized import V
 
-        template, op_name = _op_names(batched, bias)
-        uid = (bmm_template if template == "bmm" else mm_template).uid
-        heuristic = get_template_heuristic(uid, "cuda", op_name)
-        generate = heuristic._get_config_generator()
-        with V.set_graph_handler(_Graph()):
-            configs = list(generate(int(m), int(n), int(k), dtype_size=int(dtype_size), op_name=op_name))
+        configs = []
+        for template, op_name in _op_names(batched, bias):
+            uid = (bmm_template if template == "bmm" else mm_template).uid
+            generate = get_template_heuristic(uid, "cuda", op_name)._get_config_generator()
+            with V.set_graph_handler(_Graph()):
+                configs += generate(int(m), int(n), int(k), dtype_size=int(dtype_size), op_name=op_name)
         out = []
         for c in configs:
             kw = c.kwargs
