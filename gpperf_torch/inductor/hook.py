@@ -21,7 +21,8 @@ and that config's BLOCK_K, never inherited from another entry.
 Left to Inductor, untouched: persistent-TMA, Blackwell, decompose-k and contiguous-subgraph choices (the model
 was trained on none of them; Inductor offers them only under max-autotune, with the TMA config switch for TMA),
 ROCm, out_dtype GEMMs, other ops, other devices, a Triton-only backend list, GPUs without a model (plan
-returns None) and any error in the hook (logged once): Inductor's own list, unchanged.
+returns None) and any error in the hook (logged once): Inductor's own list, unchanged. With AutoHeuristic on (off
+by default) its own pruning of the list runs after the hook, as it does after Inductor's list.
 """
 
 from __future__ import annotations
@@ -71,10 +72,11 @@ class GpperfChoices(InductorChoices):
     def _finalize_template_configs(self, template_choices, kernel_inputs, templates, op_name, kwarg_overrides=None):
         base = super()._finalize_template_configs(template_choices, kernel_inputs, templates, op_name, kwarg_overrides)
         settings = _settings.current()
-        if settings is None or op_name not in OPS:
+        if settings is None or op_name not in (*OPS, "mm-ah"):
             return base
         try:
-            kept = _keep(self, base, kernel_inputs, op_name, settings)
+            # "mm-ah": tuned_mm's extra call for AutoHeuristic (off by default): its configs are among ours already
+            kept = _keep(self, base, kernel_inputs, "mm" if op_name == "mm-ah" else op_name, settings)
         except Exception as e:  # never break a compile: Inductor's own list
             warn_once(f"hook:{type(e).__name__}", "gpperf Inductor hook deferred to Inductor (%s: %s)",
                       type(e).__name__, e)  # fmt: skip
@@ -130,12 +132,10 @@ def _decide(choices: GpperfChoices, kernel_inputs, op_name: str, template, setti
     if not rows:
         return None  # no model for this GPU
     row0 = rows[0]
-    if settings.mode == "predict":
-        keys = [row0["config"]]
-        keep_torch = keys[0] == "torch"
-    else:
-        keys = list(row0.get("verify_candidates") or [row0["config"]])
-        keep_torch = True  # verify: cuBLAS always among the timed choices
+    # verify: cuBLAS first, then the templates (an objective other than time: the choice alone, since Inductor's
+    # autotuner times for speed only)
+    keys = [row0["config"]] if settings.mode == "predict" else list(row0.get("verify_candidates") or [row0["config"]])
+    keep_torch = "torch" in keys
     wanted = [k for k in keys if k != "torch"]
     if settings.mode == "verify":
         wanted = wanted[: settings.top_k]
@@ -181,9 +181,13 @@ def _offered(choices: GpperfChoices, kernel_inputs, op_name: str, template) -> d
 
     inputs = _template_inputs(kernel_inputs, op_name)
     # Inductor's template heuristics yield configs only under max-autotune; the hook lists them for every GEMM it
-    # ranks (the list is materialised inside the patch: the generators are lazy).
+    # ranks (the list is materialised inside the patch: the generators are lazy). A plain mm also gets
+    # AutoHeuristic's extra configs ("mm-ah"), which tuned_mm offers when AutoHeuristic runs and which the public
+    # data were collected with: offered_keys (policy.py) lists the same, so the hook and explain rank one set.
     with inductor_config.patch(max_autotune_gemm=True):
         listed = list(choices.get_ktc(inputs, template, op_name, {}))
+        if op_name == "mm":
+            listed += list(choices.get_ktc(inputs, template, "mm-ah", {}))
     _, _, k = inputs.mnk_symbolic()
     out: dict = {}
     for ktc in listed:
