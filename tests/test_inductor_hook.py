@@ -224,3 +224,74 @@ def test_cache_key_names_the_hook():
     assert on_predict.startswith("gpperf-") and "predict" in on_predict
     assert on_verify != on_predict and "k2" in on_verify
     assert torch._inductor.config.inductor_choices_class is None
+
+
+def test_importing_the_package_imports_no_inductor_internals():
+    """The op path must not depend on torch._inductor: gpperf_torch and gpperf_torch.inductor import none of it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    code = (
+        "import sys, torch; before = {m for m in sys.modules if m.startswith('torch._inductor')}; "
+        "import gpperf_torch as gp; gp.inductor; "
+        "print(sorted({m for m in sys.modules if m.startswith('torch._inductor')} - before))"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_torch_without_the_hook_says_so_and_the_op_path_works(monkeypatch):
+    from torch._inductor.choices import InductorChoices
+
+    monkeypatch.delattr(InductorChoices, "_finalize_template_configs")
+    with pytest.raises(gp.inductor.HookUnavailableError, match="op path"):
+        gp.inductor.install("predict")
+    assert not gp.inductor.installed()
+    assert torch._inductor.config.inductor_choices_class is None
+    a, b = torch.randn(20, 16), torch.randn(16, 12)
+    torch.testing.assert_close(gp.matmul(a, b), a @ b, rtol=1e-4, atol=1e-4)
+
+
+def test_install_checks_its_arguments_and_a_foreign_choices_class():
+    with pytest.raises(ValueError, match="mode"):
+        gp.inductor.install("fast")
+    with pytest.raises(ValueError, match="top_k"):
+        gp.inductor.install("verify", top_k=0)
+    with (
+        torch._inductor.config.patch(inductor_choices_class=lambda: None),
+        pytest.raises(RuntimeError, match="already"),
+    ):
+        gp.inductor.install("predict")
+    assert not gp.inductor.installed()
+
+
+def test_a_thread_sees_the_config_default_and_uninstall_turns_its_handler_passive():
+    """After install() a new thread's V.choices is the hook; after uninstall() that handler defers (settings None)."""
+    from torch._inductor.virtualized import V
+
+    from gpperf_torch.inductor.hook import GpperfChoices
+
+    seen = {}
+
+    def probe(tag):
+        seen[tag] = (type(V.choices).__name__, torch._inductor.config.inductor_choices_class)
+
+    switch.install("verify")
+    try:
+        t = threading.Thread(target=probe, args=("during",))
+        t.start()
+        t.join()
+        assert isinstance(V.choices, GpperfChoices)
+    finally:
+        switch.uninstall()
+    t = threading.Thread(target=probe, args=("after",))
+    t.start()
+    t.join()
+    assert seen["during"] == ("GpperfChoices", GpperfChoices)
+    assert seen["after"] == ("InductorChoices", None)
+    assert type(V.choices).__name__ == "InductorChoices" and gp.inductor.current() is None
