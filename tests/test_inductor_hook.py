@@ -200,8 +200,10 @@ def test_uninstall_restores_inductors_own_list(max_autotune):
         assert [c["kind"] for c in own.choices] == ["extern"]  # plain torch.compile: cuBLAS alone
 
 
-def test_predict_under_max_autotune_benchmarks_nothing(hook):
-    fn, specs, spec, marker = case((128, 4096, 11008), torch.bfloat16, "linear")
+@pytest.mark.parametrize("path", ["linear", "matmul"])
+def test_predict_under_max_autotune_benchmarks_nothing(hook, path):
+    """Under max-autotune Inductor lists its templates itself (addmm: in a call of their own): still one choice."""
+    fn, specs, spec, marker = case((128, 4096, 11008), torch.bfloat16, path)
     hook("predict")
     low = harness.lower(fn, specs, max_autotune=True)
     _check_predict(low, spec, marker)
@@ -295,3 +297,13 @@ def test_a_thread_sees_the_config_default_and_uninstall_turns_its_handler_passiv
     assert seen["during"] == ("GpperfChoices", GpperfChoices)
     assert seen["after"] == ("InductorChoices", None)
     assert type(V.choices).__name__ == "InductorChoices" and gp.inductor.current() is None
+
+
+@pytest.mark.parametrize("path", ["linear", "matmul"])
+def test_verify_under_max_autotune_hands_over_the_same_set(hook, path):
+    fn, specs, spec, _ = case((77, 768, 3072), torch.float16, path)
+    hook("verify", top_k=3)
+    want = [c for c in policy.plan(spec, mode="verify", top_k=3, gpu="h100")[0]["verify_candidates"] if c != "torch"]
+    sel = _gemm_selection(harness.lower(fn, specs, max_autotune=True))
+    assert len(sel.externs) == 1 and [c["key"] for c in sel.templates] == want
+    assert sel.benchmarked == len(sel.choices) == 1 + len(want)
