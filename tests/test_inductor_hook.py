@@ -308,3 +308,39 @@ def test_verify_under_max_autotune_hands_over_the_same_set(hook, path):
     sel = _gemm_selection(harness.lower(fn, specs, max_autotune=True))
     assert len(sel.externs) == 1 and [c["key"] for c in sel.templates] == want
     assert sel.benchmarked == len(sel.choices) == 1 + len(want)
+
+
+def test_install_after_torch_compile_and_no_cache_reuse(monkeypatch, tmp_path):
+    """CPU torch.compile (the hook defers on a CPU, but Inductor still consults it): installed after torch.compile()
+    was called, the hook is consulted at the first call; and a graph compiled without it is not taken from the FX
+    graph cache once it is installed (the cache key carries its uuid)."""
+    from gpperf_torch.inductor.hook import GpperfChoices
+
+    calls = []
+    original = GpperfChoices._finalize_template_configs
+
+    def counted(self, *args, **kwargs):
+        calls.append(args[3])  # op_name
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GpperfChoices, "_finalize_template_configs", counted)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    a, w = torch.randn(8, 16), torch.randn(16, 4)
+
+    def f(a, w):
+        return a @ w  # an extern mm alone: no C++ kernel to compile on the CPU
+
+    with torch._inductor.config.patch(fx_graph_cache=True):
+        torch._dynamo.reset()
+        compiled = torch.compile(f)
+        torch.testing.assert_close(compiled(a, w), f(a, w))  # without the hook: cached
+        assert calls == []
+        torch._dynamo.reset()
+        compiled = torch.compile(f)
+        switch.install("predict")  # after torch.compile(), before the first call
+        try:
+            torch.testing.assert_close(compiled(a, w), f(a, w))
+        finally:
+            switch.uninstall()
+            torch._dynamo.reset()
+    assert "mm" in calls, "the graph came from the cache, or the hook was not consulted"
