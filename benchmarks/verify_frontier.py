@@ -10,7 +10,8 @@ never saw; and what sharing a measurement across M (buckets) loses. The evidence
 offers per shape that the data measured; `predict` is one choice, nothing timed; `verify:K` / `verify` the extern
 plus the templates verify_policy names, the fastest measured kept (Inductor's autotuner: no margin);
 `max-autotune` every offered config and the extern; `perfect` the best measured config, offered or not. Printed
-also: the shares of shapes below 0.97x and 0.8x the extern (the issue's safety bounds for predict).
+also: the shares of shapes below 0.97x and 0.8x the extern (the issue's safety bounds for predict). `--epilogue
+act` adds the modelled pointwise kernel (gpperf_torch/inductor/costs.py) to the extern's measured time.
 
 For each GPU, test (benchmarks/dispatch_eval.py's splits: `family` holds whole Hugging Face model families out,
 `rand_split` a grouped 30% of the random shapes, `hf_split`, `rand2hf`) and seed: one fit on the training side
@@ -72,13 +73,13 @@ def _row_metrics(model, test) -> dict[str, dict]:
     return out
 
 
-def _inductor_metrics(model, test) -> dict[str, dict]:
+def _inductor_metrics(model, test, epilogue: str | None = None) -> dict[str, dict]:
     from gpperf_torch.inductor.replay import inductor_metrics
     from gpperf_torch.policy import verify_policy
 
     out = {}
     for name in INDUCTOR_POLICIES[1:-2]:
-        v = inductor_metrics(model, test, verify_policy.parse(name))
+        v = inductor_metrics(model, test, verify_policy.parse(name), epilogue=epilogue)
         out[name] = _inductor_row(v, "verify", v["inductor_verify_choices_per_shape"])
     out["predict"] = _inductor_row(v, "predict", 1.0)
     out["max-autotune"] = _inductor_row(v, "max_autotune", v["inductor_max_autotune_choices_per_shape"])
@@ -123,8 +124,8 @@ def frontier(args) -> None:
             table, mk = de.load_gpu(args.data, gpu)
             for test in args.tests:
                 t0 = time.perf_counter()
-                runs = [_inductor_metrics(model, side) for _, model, side in de.fits(table, mk, gpu, test, args.seeds,
-                                                                                      args.jobs)]  # fmt: skip
+                sides = de.fits(table, mk, gpu, test, args.seeds, args.jobs)
+                runs = [_inductor_metrics(model, side, args.epilogue) for _, model, side in sides]
                 _print_inductor(gpu, test, runs)
                 print(f"  ({len(args.seeds)} seeds, {time.perf_counter() - t0:.0f} s)", flush=True)
         return
@@ -144,7 +145,7 @@ def frontier(args) -> None:
                       f" {np.mean(col['compiles']):8.0f} {share:10.2f}", flush=True)  # fmt: skip
             if args.backend == "both":
                 _inductor_header()
-                _print_inductor(gpu, test, [_inductor_metrics(model, side) for _, model, side in sides])
+                _print_inductor(gpu, test, [_inductor_metrics(model, side, args.epilogue) for _, model, side in sides])
             print(f"  ({len(args.seeds)} seeds, {time.perf_counter() - t0:.0f} s)", flush=True)
 
 
@@ -231,6 +232,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=("op", "inductor", "both"),
         default="op",
         help="op: the op's measured dispatch; inductor: the compile path's policy; both, from the same fits",
+    )
+    ap.add_argument(
+        "--epilogue",
+        choices=("bias", "act", "bias_act"),
+        default=None,
+        help="compile path: charge the extern the modelled pointwise kernel a template fuses (costs.py)",
     )
     ap.add_argument("--buckets", action="store_true", help="only the M-bucket table")
     args = ap.parse_args(argv)

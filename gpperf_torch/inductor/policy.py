@@ -236,7 +236,8 @@ def plan(
         out.append(row)
     first = out[0]
     if decision is not None:
-        first["why"] = decision.reason
+        # decide's wording names the op's costs; here they are the compile path's (costs.py)
+        first["why"] = decision.reason.replace("host cost included", "compile-path costs included")
         if decision.torch_index is not None and decision.triton_index is not None:
             first.update(triton_pick=cands[decision.triton_index].key, predicted_gain_vs_torch=math.exp(decision.gain),
                          gain_sd_log=decision.gain_sd)  # fmt: skip
