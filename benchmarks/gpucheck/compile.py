@@ -127,13 +127,25 @@ def step_compile(c: Check) -> dict:
         torch.set_num_threads(1)  # tiny CPU tensors: more threads only wait on each other (and the box is shared)
     models = _models(not cuda, device, dtype)
     for config in CONFIGS:
+        last_s = None
         for name, model, x in reversed(models):  # the ViT MLP first: two GEMMs, the cheaper compile
-            if time.monotonic() > t_end - (2 if c.dry else 10):
-                rows.append({"model": name, "config": config, "skipped": "compile budget spent"})
+            # A compile cannot be cut short: start one only when it should end within the step's budget, so that
+            # an overrun does not eat the later steps' time. Guess: max-autotune ~20 s for the MLP on a GPU, the
+            # others ~5 s; the decoder block (4 GEMMs) about twice what the MLP took in the same configuration.
+            guess = 2.0 * last_s if last_s is not None else (20.0 if config == "max-autotune" and cuda else 5.0)
+            left = t_end - time.monotonic()
+            if left < (2.0 if c.dry else guess):
+                why = (
+                    "compile budget spent"
+                    if left <= 0
+                    else f"{left:.0f} s left of the budget, a compile takes ~{guess:.0f} s"
+                )
+                rows.append({"model": name, "config": config, "skipped": why})
                 continue
             log(f"compile: {name}, {config}")
             try:
                 rows.append(_row(name, config, model, x, cuda, reps))
+                last_s = rows[-1]["compile_s"]
             except Exception as e:  # one configuration failing must not hide the others
                 rows.append({"model": name, "config": config, "error": f"{type(e).__name__}: {str(e)[:200]}"})
     torch.set_num_threads(threads)
