@@ -113,8 +113,11 @@ def offered_keys(spec: GemmSpec) -> list[str] | None:
 # ---- the policy on predictions (shared with replay.py) ---------------------------------------------------------
 def screen(keys, seen, info: DeviceInfo, dtype: str, tf32: bool) -> tuple[list[TileConfig], dict[str, str]]:
     """(configs to score, {key: why left out}) of offered template keys: a config is scored when the model has
-    seen it (`seen`: the model's candidate keys) and it fits the device (module docstring). "torch" in `keys` is
-    ignored: the extern is always a candidate."""
+    seen it (`seen`: the model's candidate keys, in the model's order) and it fits the device (module docstring).
+    "torch" in `keys` is ignored: the extern is always a candidate. The configs come in the model's candidate
+    order, as the op scores them, so that exact ties (tiny shapes at the model's time floor, equal padded work)
+    fall the same way whatever order Inductor lists them in."""
+    rank = {key: i for i, key in enumerate(seen)}
     es = elem_size(dtype)
     arch = info.capability[0] * 10 + info.capability[1]
     tensor_cores = dtype != "float32" or bool(tf32)
@@ -126,7 +129,7 @@ def screen(keys, seen, info: DeviceInfo, dtype: str, tf32: bool) -> tuple[list[T
         cfg = TileConfig.from_key(key)
         if cfg.split_k != 1:
             left[key] = "split-K: Inductor's mm template has none"
-        elif key not in seen:
+        elif key not in rank:
             left[key] = "never seen by the model (not among its candidates): no evidence to score it on"
         else:
             why = check_config(cfg, elem_size=es, max_shared_memory=info.max_shared_memory, arch=arch,
@@ -136,6 +139,7 @@ def screen(keys, seen, info: DeviceInfo, dtype: str, tf32: bool) -> tuple[list[T
             else:
                 left[key] = f"does not fit {info.short_name} ({mma_family(cfg, arch=arch, tensor_cores=tensor_cores)}"
                 left[key] += f"): {why}"
+    kept.sort(key=lambda c: rank[c.key])
     return kept, left
 
 
@@ -203,7 +207,7 @@ def plan(
             f" {', '.join(st.model.targets)}: use objective='time'"
         )
     tf32 = spec.dtype == "float32" and bool(kernels.tf32_allowed())
-    kept, left_out = screen(offered, set(st.model.candidate_keys), st.info, spec.dtype, tf32)
+    kept, left_out = screen(offered, st.model.candidate_keys, st.info, spec.dtype, tf32)
     cands: list[TileConfig | None] = [*kept, None]
     matrix = config_matrix(cands)
     rows_m = spec.m * spec.batch  # a bmm is scored as one GEMM of batch x M rows, as the op scores it

@@ -38,10 +38,10 @@ from .costs import compile_policy, unfused_epilogue_ms
 from .policy import GemmSpec, compile_decision, offered_keys, screen
 
 
-def _seen(predictor) -> set[str]:
-    """The config keys a model was trained on (a loaded Predictor's candidate_keys, a Fitted's candidates)."""
+def _seen(predictor) -> list[str]:
+    """A model's candidate keys in its order (a loaded Predictor's candidate_keys, a Fitted's candidates)."""
     keys = getattr(predictor, "candidate_keys", None)
-    return set(keys if keys is not None else predictor.candidates)
+    return list(keys if keys is not None else predictor.candidates)
 
 
 def replay(predictor, table: Table, vpolicy: VerifyPolicy | None = None, *, epilogue: str | None = None,
