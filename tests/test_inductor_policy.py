@@ -277,3 +277,30 @@ def test_cli_eval_backend_inductor(inductor_offers, hf_slice, tmp_path, capsys, 
     assert "max_autotune" in capsys.readouterr().out
     assert cli_main([*argv[:-2], "--mode", "exhaustive"]) == 2
     assert cli_main(["eval", "--model", "h100", "--data", str(csv_path), "--epilogue", "act"]) == 2
+
+
+@needs_data
+def test_the_replay_makes_plans_choices(fresh_selector, inductor_offers, hf_slice):
+    """One policy: on each public shape, the replay's predict choice and verify candidates are plan()'s first row
+    given the configs the shape measured (the replay scores table rows, plan the runtime model's features)."""
+    from gpperf_torch.inductor.replay import replay
+    from gpperf_torch.predictor.evaluation import _groups
+
+    model = load_cli_model("h100")
+    checked = 0
+    for g in _groups(hf_slice)[:12]:
+        r0 = int(g.torch_row)
+        one = hf_slice.subset(hf_slice.group_id == hf_slice.group_id[r0])
+        r = replay(model, one)
+        if not len(r["predict"]):
+            continue
+        measured = {k: t for k, t in zip(g.triton_keys, g.triton_time, strict=True) if np.isfinite(t)}
+        spec = GemmSpec(int(hf_slice["m"][r0]), int(hf_slice["n"][r0]), int(hf_slice["k"][r0]),
+                        str(hf_slice["dtype"][r0]), a_trans=bool(hf_slice["a_trans"][r0]),
+                        b_trans=bool(hf_slice["b_trans"][r0]))  # fmt: skip
+        first = plan(spec, mode="verify", offered=list(measured), gpu="h100")[0]
+        chosen = g.torch_time if first["config"] == "torch" else measured[first["config"]]
+        assert r["predict"][0] == pytest.approx(g.torch_time / chosen, rel=1e-9), spec
+        assert r["verify_n"][0] == len(first["verify_candidates"]), spec
+        checked += 1
+    assert checked >= 8

@@ -12,14 +12,15 @@ compile path's costs (costs.py: no host cost per call; the extern pays the epilo
   which times them and keeps the fastest.
 
 The candidates are the template configs Inductor offers for the GEMM (`offered_keys`, templates.py), scored by
-the model. A config the model has never seen (not among the configs of its training data, model.json
-`candidates`) is left out, not scored: the forests split on the config's fields, so a config outside the training
-configs gets the prediction of the nearest leaf in every tree, which carries no evidence about it (a 256-wide
-tile, which torch 2.13 offers and the public data never timed, would be scored like the widest tile the data
-has). In `predict` mode nothing would catch such a wrong guess; in `verify` mode the autotuner would, but a
-candidate slot spent on a guess is one less for a predicted winner. A config that does not fit the device's
-shared memory or registers (kernels.check_config, the estimate measured against the compiler for our kernel,
-whose main loop is the template's) is left out too: Inductor would fail to compile it.
+the model. A config the model has never seen (not among its candidates, model.json `candidates`: the configs
+measured in at least 3 of its training groups, the op's own bar) is left out, not scored: the forests split on
+the config's fields, so a config outside the training configs gets the leaves of its nearest neighbours, no
+evidence about itself (a 256-wide tile, which torch 2.13 offers and the public data never timed, would be scored
+like the widest tile the data has). Measured on configs hidden from training (benchmarks/unseen_configs.py,
+docs/inductor.md): their prediction error was 2.3x that of seen configs, and scoring them gained nothing in
+predict mode, where nothing checks the guess. A config that does not fit the device's shared memory or registers
+(kernels.check_config, the estimate measured against the compiler for our kernel, whose main loop is the
+template's) is left out too: Inductor would fail to compile it.
 
 Row keys are `gpperf_torch.explain`'s (selection/explain.py): rank, backend ("torch" | "triton"), config ("torch"
 or a key such as "128x128x64_g8_s1_w4_st3"; split-K is always 1: the template has none), the predicted targets,
@@ -97,10 +98,11 @@ def template_key(block_m: int, block_n: int, block_k: int, group_m: int, num_sta
 
 
 def offered_keys(spec: GemmSpec) -> list[str] | None:
-    """The keys of the mm (addmm for a bias epilogue, bmm for batch > 1) template configs that Inductor offers
-    for `spec` under max-autotune's DEFAULT search space (templates.py), in Inductor's order. Without max-autotune
-    Inductor offers the extern alone. None when this torch's Inductor internals differ from the tested ones
-    (the compile path then defers to Inductor)."""
+    """The keys of the mm template configs Inductor offers for `spec`, in Inductor's order (templates.py):
+    max-autotune's DEFAULT search space of the mm (addmm for a bias epilogue, bmm for batch > 1) template, and for
+    a plain mm also AutoHeuristic's extra list ("mm-ah"), which tuned_mm offers with it when AutoHeuristic runs
+    (the public data were collected so). Without max-autotune Inductor offers the extern alone. None when this
+    torch's Inductor internals differ from the tested ones (the compile path then defers to Inductor)."""
     cfgs = templates.mm_configs(spec.m, spec.n, spec.k, dtype_size=elem_size(spec.dtype), batched=spec.batch > 1,
                                 bias=spec.epilogue in ("bias", "bias_act"))  # fmt: skip
     if cfgs is None:
@@ -111,8 +113,11 @@ def offered_keys(spec: GemmSpec) -> list[str] | None:
 # ---- the policy on predictions (shared with replay.py) ---------------------------------------------------------
 def screen(keys, seen, info: DeviceInfo, dtype: str, tf32: bool) -> tuple[list[TileConfig], dict[str, str]]:
     """(configs to score, {key: why left out}) of offered template keys: a config is scored when the model has
-    seen it (`seen`: the model's candidate keys) and it fits the device (module docstring). "torch" in `keys` is
-    ignored: the extern is always a candidate."""
+    seen it (`seen`: the model's candidate keys, in the model's order) and it fits the device (module docstring).
+    "torch" in `keys` is ignored: the extern is always a candidate. The configs come in the model's candidate
+    order, as the op scores them, so that exact ties (tiny shapes at the model's time floor, equal padded work)
+    fall the same way whatever order Inductor lists them in."""
+    rank = {key: i for i, key in enumerate(seen)}
     es = elem_size(dtype)
     arch = info.capability[0] * 10 + info.capability[1]
     tensor_cores = dtype != "float32" or bool(tf32)
@@ -124,8 +129,8 @@ def screen(keys, seen, info: DeviceInfo, dtype: str, tf32: bool) -> tuple[list[T
         cfg = TileConfig.from_key(key)
         if cfg.split_k != 1:
             left[key] = "split-K: Inductor's mm template has none"
-        elif key not in seen:
-            left[key] = "never seen by the model (no evidence to score it on)"
+        elif key not in rank:
+            left[key] = "never seen by the model (not among its candidates): no evidence to score it on"
         else:
             why = check_config(cfg, elem_size=es, max_shared_memory=info.max_shared_memory, arch=arch,
                                tensor_cores=tensor_cores)  # fmt: skip
@@ -134,6 +139,7 @@ def screen(keys, seen, info: DeviceInfo, dtype: str, tf32: bool) -> tuple[list[T
             else:
                 left[key] = f"does not fit {info.short_name} ({mma_family(cfg, arch=arch, tensor_cores=tensor_cores)}"
                 left[key] += f"): {why}"
+    kept.sort(key=lambda c: rank[c.key])
     return kept, left
 
 
@@ -201,7 +207,7 @@ def plan(
             f" {', '.join(st.model.targets)}: use objective='time'"
         )
     tf32 = spec.dtype == "float32" and bool(kernels.tf32_allowed())
-    kept, left_out = screen(offered, set(st.model.candidate_keys), st.info, spec.dtype, tf32)
+    kept, left_out = screen(offered, st.model.candidate_keys, st.info, spec.dtype, tf32)
     cands: list[TileConfig | None] = [*kept, None]
     matrix = config_matrix(cands)
     rows_m = spec.m * spec.batch  # a bmm is scored as one GEMM of batch x M rows, as the op scores it

@@ -38,10 +38,10 @@ from .costs import compile_policy, unfused_epilogue_ms
 from .policy import GemmSpec, compile_decision, offered_keys, screen
 
 
-def _seen(predictor) -> set[str]:
-    """The config keys a model was trained on (a loaded Predictor's candidate_keys, a Fitted's candidates)."""
+def _seen(predictor) -> list[str]:
+    """A model's candidate keys in its order (a loaded Predictor's candidate_keys, a Fitted's candidates)."""
     keys = getattr(predictor, "candidate_keys", None)
-    return set(keys if keys is not None else predictor.candidates)
+    return list(keys if keys is not None else predictor.candidates)
 
 
 def replay(predictor, table: Table, vpolicy: VerifyPolicy | None = None, *, epilogue: str | None = None,
@@ -49,7 +49,7 @@ def replay(predictor, table: Table, vpolicy: VerifyPolicy | None = None, *, epil
     """Per replayed group: "predict", "verify" (vpolicy, default the product's), "max_autotune" and "oracle" (the
     best of every config the group measured) speedups over the extern; "verify_n" (choices the autotuner times,
     the extern included; 1: nothing timed), "max_autotune_n", "to_extern" (predict), "offered", "offered_measured",
-    "unseen" (offered configs the model never saw)."""
+    "unseen" (offered configs the model never saw), and the shape ("m", "n", "k")."""
     vpolicy = vpolicy or verify_policy.default_policy()
     pred, dev = _spread(predictor, table_features(table, device_lookup))
     pt = pred[:, 0]
@@ -59,7 +59,7 @@ def replay(predictor, table: Table, vpolicy: VerifyPolicy | None = None, *, epil
     seen = _seen(predictor)
     offered_cache: dict[tuple, list[str]] = {}
     names = ("predict", "verify", "max_autotune", "oracle", "verify_n", "max_autotune_n", "to_extern", "offered",
-             "offered_measured", "unseen")  # fmt: skip
+             "offered_measured", "unseen", "m", "n", "k")  # fmt: skip
     out: dict[str, list] = {k: [] for k in names}
     cols = {c: table[c] for c in ("gpu", "m", "n", "k", "dtype", "a_trans", "b_trans", "tf32")}
     for g in _groups(table):
@@ -113,6 +113,8 @@ def replay(predictor, table: Table, vpolicy: VerifyPolicy | None = None, *, epil
         out["offered"].append(len(offered))
         out["offered_measured"].append(len(offered_ok))
         out["unseen"].append(sum(1 for why in left.values() if why.startswith("never seen")))
+        for name, v in (("m", m), ("n", n), ("k", k)):
+            out[name].append(v)
     return {key: np.asarray(v, dtype=np.float64) for key, v in out.items()}
 
 
