@@ -324,11 +324,14 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         torch.set_num_threads(1)  # a tiny model: more threads only wait on each other (and on a busy CPU, spin)
     try:
-        return _main(args)
+        with gp.stats.counting() as counts:  # on the interpreter: each GEMM's Triton pick also runs, vs float64
+            rc = _main(args)
     finally:
         torch.set_num_threads(threads)
         if args.model:
             gp.set_model(None)
+    print(f"\n{counts.summary()}")
+    return rc if counts.ok else 1
 
 
 def _main(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ if not _os.path.isdir(_os.path.join(_here, "kernels")) and _os.path.isfile(
 ):
     __path__.append(_os.path.dirname(_here))
 
-from . import kernels
+from . import kernels, stats
 from .errors import DeviceMismatchError, DtypeError, ModelError, ShapeError
 from .kernels import TileConfig, candidate_space
 from .nn import Linear, patch, record_shapes, recording, unpatch
@@ -53,6 +53,7 @@ __all__ = [
     "record_shapes",
     "recording",
     "set_model",
+    "stats",
     "unpatch",
     "verify_stats",
     "warmup",

@@ -42,6 +42,9 @@ def _triton_errors() -> tuple[type[BaseException], ...]:
 _TRITON_ERRORS = _triton_errors()
 # Callbacks (a, b) run on every GEMM the op computes; `gpperf_torch.nn.recording` adds one.
 observers: list = []
+# Callbacks (a, b, bias, choice, out, objective) run after every non-empty GEMM the op computes, with the
+# TileConfig that ran (None: torch.matmul); `gpperf_torch.stats.counting` adds one.
+reporters: list = []
 
 # The per-call path reads these once (module globals: no attribute walks on every GEMM).
 _KERNEL_SET = frozenset(_KERNEL_DTYPES)
@@ -80,9 +83,15 @@ def _run(a: Tensor, b: Tensor, bias: Tensor | None, config: str | None, objectiv
     cfg = _config(config) if config else None
     choice = selector.choose(a, b, cfg, objective)
     if choice is None:  # the model predicts torch.matmul (cuBLAS) is better for this objective
-        return _torch_mm(a, b, bias)
+        out = _torch_mm(a, b, bias)
+        if reporters:
+            _report(a, b, bias, None, out, objective)
+        return out
     try:
-        return kernels.launch(a, b, cfg=choice, max_shared_memory=max_shared_memory(a.device), bias=bias, check=False)
+        out = kernels.launch(a, b, cfg=choice, max_shared_memory=max_shared_memory(a.device), bias=bias, check=False)
+        if reporters:
+            _report(a, b, bias, choice, out, objective)
+        return out
     except _TRITON_ERRORS as e:
         shape = f"{tuple(a.shape)} @ {tuple(b.shape)} {a.dtype} on {a.device}"
         if cfg is not None:
@@ -148,7 +157,15 @@ def _compute(
             observe(a, b)
     if nonempty and a.dtype in _KERNEL_SET and (a.is_cuda or (_INTERPRETING and a.is_cpu)):
         return _run(a, b, bias, config, objective)
-    return _torch_mm(a, b, bias)
+    out = _torch_mm(a, b, bias)
+    if reporters and nonempty:
+        _report(a, b, bias, None, out, objective)
+    return out
+
+
+def _report(a: Tensor, b: Tensor, bias: Tensor | None, choice, out: Tensor, objective: str | None) -> None:
+    for report in reporters:
+        report(a, b, bias, choice, out, objective)
 
 
 def _op_impl(
@@ -312,7 +329,7 @@ def matmul(a: Tensor, b: Tensor, *, config: TileConfig | str | None = None, obje
         elif not _INTERPRETING:
             # No kernel runs on a CPU without the interpreter: torch computes it (any rank, autograd, autocast,
             # compile alike). Only a floating dtype is checked first: torch would multiply integers.
-            if not observers and a.is_cpu and a.dtype in _FLOATS:
+            if not observers and not reporters and a.is_cpu and a.dtype in _FLOATS:
                 try:
                     return torch.matmul(a, b)
                 except RuntimeError:
@@ -383,7 +400,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     out_features elements or any shape F.linear broadcasts (e.g. (1, N))."""
     # The straight paths (a Linear layer's call): plain tensors or parameters, a 2-D weight, a (N,) bias of the
     # same dtype, one device, eager, no autocast, a non-empty GEMM.
-    if not _INTERPRETING and not observers and type(x) in _PLAIN and x.is_cpu:
+    if not _INTERPRETING and not observers and not reporters and type(x) in _PLAIN and x.is_cpu:
         # No kernel runs on a CPU without the interpreter: F.linear computes it, after the one check F.linear
         # does not make (it accepts a 1-D weight); its own errors go to the general path, which names them.
         if x.dtype in _FLOATS and type(weight) in _PLAIN and weight.ndim == 2:

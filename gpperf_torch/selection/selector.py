@@ -174,6 +174,20 @@ def replace_choice(
         _warn_once(f"replaced:{key}", "gpperf: %s; using %s for this shape", reason, cfg or "torch.matmul")
 
 
+def triton_pick(a: torch.Tensor, b: torch.Tensor, objective: str | None = None) -> TileConfig | None:
+    """The Triton config selection runs for `a @ b` when it runs Triton: the first Triton candidate of the
+    predicted ranking (for time, the dispatch decision's Triton pick, also where the decision is torch.matmul).
+    An objective the model cannot rank (e.g. energy with a time-only model) ranks by time. None: no Triton
+    candidate is valid. Never measures; what `gpperf_torch.stats.counting` runs on the interpreter."""
+    st = _state(a.device)
+    key = _key(a, b, objective)
+    try:
+        ranked = rank(st, key)
+    except ValueError:
+        ranked = rank(st, (*key[:-1], "time"))
+    return next((cfg for cfg, _ in ranked if cfg is not None), None)
+
+
 UNSEEN = object()  # `cached_choice`'s answer for a GEMM this process has not selected a config for
 
 
