@@ -20,7 +20,7 @@ if not _os.path.isdir(_os.path.join(_here, "kernels")) and _os.path.isfile(
     __path__.append(_os.path.dirname(_here))
 
 from . import kernels, stats
-from .errors import DeviceMismatchError, DtypeError, ModelError, ShapeError
+from .errors import ConfigError, DeviceMismatchError, DtypeError, ModelError, ShapeError
 from .kernels import TileConfig, candidate_space
 from .nn import Linear, patch, record_shapes, recording, unpatch
 from .ops import linear, matmul
@@ -34,6 +34,7 @@ from .warmup import warmup
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConfigError",
     "DeviceMismatchError",
     "DtypeError",
     "Linear",

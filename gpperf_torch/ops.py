@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from . import kernels
-from .errors import DeviceMismatchError, DtypeError, ShapeError
+from .errors import ConfigError, DeviceMismatchError, DtypeError, ShapeError
 from .kernels import TileConfig
 from .once import WarnOnce
 from .selection import selector
@@ -354,7 +354,7 @@ def _matmul_general(a: Tensor, b: Tensor, config: TileConfig | str | None, objec
                 cfg, elem_size=kernels.elem_size(a.dtype), max_shared_memory=max_shared_memory(a.device)
             )
             if reason is not None:
-                raise ValueError(f"config {cfg.key} cannot run for {a.dtype} on {a.device}: {reason}")
+                raise ConfigError(f"config {cfg.key} cannot run for {a.dtype} on {a.device}: {reason}")
         key = cfg.key
     if objective is not None:
         parse_objective(objective)  # fail here, at the call, not deep inside the op

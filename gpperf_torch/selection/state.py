@@ -94,13 +94,13 @@ class State:
 
 
 def load_model(info: DeviceInfo, path: str | None):
-    from ..predictor.runtime import Predictor, list_shipped, shipped_model
+    from ..predictor.runtime import Predictor, list_shipped, load_cli_model, shipped_model
 
     where = "set_model" if path else "GPPERF_MODEL"
     path = path or os.environ.get("GPPERF_MODEL")
     if path:
-        try:
-            return Predictor.load(path)
+        try:  # a model directory or file, else a shipped model's name ("h100"), as every command accepts
+            return load_cli_model(str(path))
         except (ModelError, ValueError, OSError) as e:
             raise ModelError(f"{where}={path!r} cannot be used: {e}") from e
     shipped = shipped_model(info.short_name)
