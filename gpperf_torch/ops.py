@@ -55,6 +55,7 @@ _HAS_CUDA = torch.cuda.is_available()
 _grad_enabled = torch.is_grad_enabled
 _is_compiling = torch.compiler.is_compiling
 _any_autocast = torch._C._is_any_autocast_enabled
+_jit_tracing = torch._C._is_tracing
 
 
 def _capturing() -> bool:
@@ -249,6 +250,15 @@ def _mm(a: Tensor, b: Tensor, bias: Tensor | None, config: str | None, objective
         and not _is_compiling()
     ):
         return _compute(a, b, bias, config, objective)
+    return _op(a, b, bias, config, objective)
+
+
+def _op(a: Tensor, b: Tensor, bias: Tensor | None, config: str | None, objective: str | None) -> Tensor:
+    """The custom op. Inside it torch.jit's tracer is off, so a trace is told to the selector here: what is
+    chosen while tracing stays in memory (a trace that fails leaves nothing on disk) and nothing is measured."""
+    if _jit_tracing():
+        with selector.tracing():
+            return mm(a, b, bias, config, objective)
     return mm(a, b, bias, config, objective)
 
 
@@ -324,7 +334,7 @@ def matmul(a: Tensor, b: Tensor, *, config: TileConfig | str | None = None, obje
                     and a.get_device() == b.get_device()
                 ):
                     if _grad_enabled() and (a.requires_grad or b.requires_grad):
-                        return mm(a, b, None, None, None)
+                        return _op(a, b, None, None, None)
                     return _compute(a, b)
         elif not _INTERPRETING:
             # No kernel runs on a CPU without the interpreter: torch computes it (any rank, autograd, autocast,
@@ -338,7 +348,7 @@ def matmul(a: Tensor, b: Tensor, *, config: TileConfig | str | None = None, obje
             dt = a.dtype
             if b.dtype is dt and dt in _KERNEL_SET and a.shape[1] == b.shape[0]:  # the interpreted kernel
                 if _grad_enabled() and (a.requires_grad or b.requires_grad):
-                    return mm(a, b, None, None, None)
+                    return _op(a, b, None, None, None)
                 return _compute(a, b)
     return _matmul_general(a, b, config, objective)
 
@@ -439,7 +449,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
                 if _grad_enabled() and (
                     x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
                 ):
-                    out = mm(x2, weight.t(), bias, None, None)
+                    out = _op(x2, weight.t(), bias, None, None)
                 else:
                     out = _compute(x2, weight.t(), bias)
                 return out if x.ndim == 2 else out.reshape(*x.shape[:-1], N)

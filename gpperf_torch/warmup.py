@@ -21,6 +21,7 @@ from torch import nn
 
 from . import kernels
 from .nn import GemmShape, record_shapes
+from .paths import cannot_write
 from .policy import verify_policy
 from .selection import selector, table, verify
 from .selection.objectives import mode as mode_block
@@ -127,8 +128,17 @@ def warmup(
     if tbl.read_only:
         logger.info("warmup: GPPERF_TABLE=%s is read-only: nothing measured or saved", tbl.path)
     elif save is not None or tbl.persist:
-        path = tbl.save(Path(save) if save is not None else None)
-        logger.info("warmup: %d GEMMs, verified table saved to %s", len(report), path)
+        target = Path(save) if save is not None else tbl.path
+        try:
+            path = tbl.save(target)
+            logger.info("warmup: %d GEMMs, verified table saved to %s", len(report), path)
+        except (OSError, ValueError, TimeoutError) as e:  # what was measured is kept: in the report, in memory
+            if save is None:
+                cannot_write(target, e)
+            else:
+                logger.warning("gpperf: warmup could not save the verified table to %s (%s); the %d GEMMs "
+                               "measured are in the report and in this process's memory",
+                               target, e, len(report))  # fmt: skip
     return report
 
 

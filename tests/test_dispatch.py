@@ -101,6 +101,9 @@ def test_policy_from_model_meta_and_defaults():
 
 def test_measured_host_cost_replaces_the_constant(tmp_path, monkeypatch):
     monkeypatch.setenv("GPPERF_CACHE_DIR", str(tmp_path))
+    assert dispatch.write_host_cost("NVIDIA H100 80GB HBM3", {"triton": 0.011, "torch": 0.007}) is None
+    assert not any(tmp_path.iterdir())  # GPPERF_DISK_CACHE=0 (tests/conftest.py): no file of ours
+    monkeypatch.setenv("GPPERF_DISK_CACHE", "1")
     meta = {"dispatch": {"z": 1.0, "host_ms": {"triton": 0.020, "torch": 0.008}}}
     assert dispatch.policy_for(meta, "NVIDIA H100 80GB HBM3").host_source == "model"
     path = dispatch.write_host_cost("NVIDIA H100 80GB HBM3", {"triton": 0.011, "torch": 0.007}, source="test")

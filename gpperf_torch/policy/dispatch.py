@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import env
-from ..paths import cache_dir, slug
+from ..paths import cache_dir, cannot_write, disk_cache_enabled, slug
 
 logger = logging.getLogger(__name__)
 
@@ -263,18 +263,25 @@ def host_cost_path(device_name: str, cache: Path | None = None) -> Path:
     return Path(cache_dir() if cache is None else cache) / HOST_COST_FILE.format(slug=slug(device_name))
 
 
-def write_host_cost(device_name: str, host_ms: dict, *, source: str = "", cache: Path | None = None) -> Path:
-    """Record a measured host cost ({"triton": ms, "torch": ms}) for `device_name` (atomic write)."""
+def write_host_cost(device_name: str, host_ms: dict, *, source: str = "", cache: Path | None = None) -> Path | None:
+    """Record a measured host cost ({"triton": ms, "torch": ms}) for `device_name` (atomic write). Into the cache
+    directory (`cache` None) only with the disk cache on (GPPERF_DISK_CACHE); None when nothing was written."""
     for k in ("triton", "torch"):
         v = host_ms.get(k)
         if not isinstance(v, (int, float)) or not (0.0 <= v < 10.0):
             raise ValueError(f"host cost {k!r} must be milliseconds in [0, 10), got {v!r}")
+    if cache is None and not disk_cache_enabled():
+        return None
     path = host_cost_path(device_name, cache)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
     doc = {"device": device_name, "host_ms": {k: float(host_ms[k]) for k in ("triton", "torch")}, "source": source}
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, path)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        cannot_write(path, e)
+        return None
     return path
 
 

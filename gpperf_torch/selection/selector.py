@@ -16,6 +16,10 @@ those imports this module (tests/test_import_cycles.py).
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
+
 import torch
 
 from .. import kernels
@@ -32,6 +36,23 @@ from .state import state as _state
 _DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
 _allow_tf32 = kernels.tf32_allowed
 _warn_once = warn_once
+
+
+_trace = threading.local()  # depth: > 0 inside a torch.jit trace (told by the op's front: the op cannot see it)
+
+
+@contextlib.contextmanager
+def tracing() -> Iterator[None]:
+    """The calls inside are part of a torch.jit trace: choices are remembered in memory only, none is measured."""
+    _trace.depth = getattr(_trace, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _trace.depth -= 1
+
+
+def _in_trace() -> bool:
+    return getattr(_trace, "depth", 0) > 0 or torch.jit.is_tracing()
 
 
 def reload_env() -> None:
@@ -97,7 +118,8 @@ def choose(a: torch.Tensor, b: torch.Tensor, forced: TileConfig | None, objectiv
 def _predicted(st, key: tuple) -> TileConfig | None:
     cfg = rank(st, key)[0][0]
     st.memory[key] = cfg
-    st.disk.add(key, TORCH if cfg is None else cfg.key)
+    if not _in_trace():  # a trace that fails must leave nothing behind on disk: memory only
+        st.disk.add(key, TORCH if cfg is None else cfg.key)
     return cfg
 
 
@@ -117,7 +139,7 @@ def _measured(st, key: tuple, mkey: tuple, md: str, a: torch.Tensor, b: torch.Te
         _warn_once(f"verify-obj:{key[-1]}", "gpperf: %s mode measures runtime only; objective %s uses the prediction",
                    md, key[-1])  # fmt: skip
         return _fallback(st, key, mkey, "objective other than time")
-    why = verify.cannot_measure(a)
+    why = verify.cannot_measure(a) or ("while torch.jit traces" if _in_trace() else "")
     if why:
         return _fallback(st, key, None, why)  # not remembered as measured: the next eager call measures
     tbl = table.for_device(st.info)
