@@ -178,6 +178,7 @@ def decide(
     unaligned: bool = False,
     k_ratio: float | None = None,
     k_ratio_max: float | None = None,
+    gain_sd: float | None = None,
 ) -> Decision:
     """Choose among candidates of one GEMM.
 
@@ -185,7 +186,8 @@ def decide(
     deviations from time_ms of the rank forest (None: no spread, e.g. the analytic rule); work: (n,) padded work
     for the tie-break (None: no tie-break); unaligned: the shape has an unaligned transposed operand
     (unaligned_transposed), so its z is at least policy.z_unaligned; k_ratio: the shape's (dispatch.k_ratio) and
-    k_ratio_max the model's training range (None: no K guard): above it, torch.matmul.
+    k_ratio_max the model's training range (None: no K guard): above it, torch.matmul; gain_sd: without trees
+    (log_dev None), the uncertainty of the predicted log gain (the analytic rule's calibrated spread; None: 0).
     """
     t = np.asarray(time_ms, dtype=np.float64)
     is_torch = np.asarray(is_torch, dtype=bool)
@@ -212,7 +214,7 @@ def decide(
         g = np.log(t[torch_i] * np.exp(dev[torch_i]) + h_torch) - np.log(t[pick] * np.exp(dev[pick]) + h_tri)
         gain, sd = float(g.mean()), float(g.std())
     else:
-        gain, sd = math.log((t[torch_i] + h_torch) / (t[pick] + h_tri)), 0.0
+        gain, sd = math.log((t[torch_i] + h_torch) / (t[pick] + h_tri)), float(gain_sd or 0.0)
     z = policy.z_for(bool(unaligned))
     bound = gain - z * sd
     guard = "k_range" if beyond_k_range(k_ratio, k_ratio_max) else ""

@@ -21,7 +21,7 @@ from ..measure.device import DeviceInfo
 from ..once import WarnOnce
 from ..policy import verify_policy
 from ..policy.dispatch import Decision, decide, k_ratio, padded_work, unaligned_transposed
-from ..predictor.analytic import analytic_time_ms
+from ..predictor.analytic import CUBLAS, analytic_time_ms
 from ..predictor.features import config_matrix
 from .objectives import Objective, parse_objective
 
@@ -40,7 +40,8 @@ def valid_candidates(st, dtype: str, launch: tuple | None = None) -> list[TileCo
     ckey = (dtype,) if launch is None else kernels_facts.class_key(dtype, *launch)
     cached = st.valid.get(ckey)
     if cached is None:
-        cands = st.model.candidates if st.model else kernels.candidate_space()
+        # Without a model, the analytic rule: every config of the candidate space, and cuBLAS (None) as well.
+        cands = st.model.candidates if st.model else [None, *kernels.candidate_space()]
         smem = st.info.max_shared_memory
         if launch is None:
             es = kernels.elem_size(dtype)
@@ -101,7 +102,8 @@ def score(st, key: tuple) -> Scored:
         kmax = st.model.meta.get("k_ratio_max") if st.model is not None else None
         decision = decide(preds["time_ms"], is_torch, st.policy, log_dev=dev, work=padded_work(m * batch, n, k, matrix),
                           unaligned=bool(unaligned_transposed(m, n, k, a_t, b_t)),
-                          k_ratio=float(k_ratio(m * batch, n, k)), k_ratio_max=kmax)  # fmt: skip
+                          k_ratio=float(k_ratio(m * batch, n, k)), k_ratio_max=kmax,
+                          gain_sd=CUBLAS["gain_sd"] if st.model is None else None)  # fmt: skip
     return Scored(cands, preds, dev, host, is_torch, decision)
 
 

@@ -22,7 +22,7 @@ from ..kernels import facts as kernels_facts
 from ..measure.device import KNOWN_DEVICES, DeviceInfo, device_for
 from ..once import WarnOnce
 from ..policy.dispatch import policy_for
-from ..predictor.analytic import ANALYTIC_PARAMS
+from ..predictor.analytic import ANALYTIC_PARAMS, CUBLAS
 from .objectives import parse_objective
 from .ranking import TORCH, valid_candidates
 from .select_cache import DiskCache, cache_token
@@ -65,7 +65,8 @@ class State:
         self._valid_sets: dict[tuple, frozenset] = {}
         # Keyed by the whole model description and the policy: a new host-cost measurement or an edited
         # model.json never reuses selections made under other terms.
-        token = cache_token(self.model.meta if self.model else None, ANALYTIC_PARAMS, self.policy.as_dict())
+        rule = {**ANALYTIC_PARAMS, "cublas": CUBLAS}
+        token = cache_token(self.model.meta if self.model else None, rule, self.policy.as_dict())
         self.disk = DiskCache(info, token)
         self.memory.update(self.disk.load(self.usable))
 
