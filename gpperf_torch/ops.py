@@ -72,9 +72,11 @@ def _torch_mm(a: Tensor, b: Tensor, bias: Tensor | None) -> Tensor:
     """torch.matmul (cuBLAS on a GPU), with the bias fused where torch can (addmm)."""
     if bias is None:
         return torch.matmul(a, b)
+    if bias.dtype is not a.dtype:  # (checked first: .to() costs a microsecond even when it has nothing to do)
+        bias = bias.to(a.dtype)
     if a.dim() == 2:
-        return torch.addmm(bias.to(a.dtype), a, b)
-    return torch.matmul(a, b) + bias.to(a.dtype)
+        return torch.addmm(bias, a, b)
+    return torch.matmul(a, b) + bias
 
 
 def _run(a: Tensor, b: Tensor, bias: Tensor | None, config: str | None, objective: str | None) -> Tensor:
@@ -162,6 +164,14 @@ def _compute(
     if reporters and nonempty:
         _report(a, b, bias, None, out, objective)
     return out
+
+
+def _compute_checked(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
+    """_compute for operands a straight path has checked (plain tensors, one device, 2-D, shapes that multiply):
+    a kernel dtype goes to selection without asking again what the caller just asked."""
+    if a.dtype in _KERNEL_SET and (_INTERPRETING or a.is_cuda) and not observers and a.numel() and b.numel():
+        return _run(a, b, bias, None, None)
+    return _compute(a, b, bias)
 
 
 def _report(a: Tensor, b: Tensor, bias: Tensor | None, choice, out: Tensor, objective: str | None) -> None:
@@ -335,7 +345,7 @@ def matmul(a: Tensor, b: Tensor, *, config: TileConfig | str | None = None, obje
                 ):
                     if _grad_enabled() and (a.requires_grad or b.requires_grad):
                         return _op(a, b, None, None, None)
-                    return _compute(a, b)
+                    return _compute_checked(a, b)
         elif not _INTERPRETING:
             # No kernel runs on a CPU without the interpreter: torch computes it (any rank, autograd, autocast,
             # compile alike). Only a floating dtype is checked first: torch would multiply integers.
@@ -349,7 +359,7 @@ def matmul(a: Tensor, b: Tensor, *, config: TileConfig | str | None = None, obje
             if b.dtype is dt and dt in _KERNEL_SET and a.shape[1] == b.shape[0]:  # the interpreted kernel
                 if _grad_enabled() and (a.requires_grad or b.requires_grad):
                     return _op(a, b, None, None, None)
-                return _compute(a, b)
+                return _compute_checked(a, b)
     return _matmul_general(a, b, config, objective)
 
 
@@ -451,7 +461,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
                 ):
                     out = _op(x2, weight.t(), bias, None, None)
                 else:
-                    out = _compute(x2, weight.t(), bias)
+                    out = _compute_checked(x2, weight.t(), bias)
                 return out if x.ndim == 2 else out.reshape(*x.shape[:-1], N)
     return _linear_general(x, weight, bias)
 

@@ -71,17 +71,24 @@ def reset() -> None:
 
 def _key(a: torch.Tensor, b: torch.Tensor, objective: str | None) -> tuple:
     """The selection key (DESIGN.md): M, N, K, batch, dtype, layout flags, TF32, objective."""
-    *batch, m, k = a.shape
+    # Written for the per-call path: one stride() tuple per operand (stride(-1) costs twice as much), no unpacking
+    # into lists; this is most of what a cached choice costs.
+    sa = a.shape
+    if len(sa) == 2:
+        m, k = sa
+        batch = 1
+    else:
+        batch, m, k = sa
     n = b.shape[-1]
     dtype = a.dtype
     return (
         m,
         n,
         k,
-        batch[0] if batch else 1,
+        batch,
         _DTYPE_NAMES[dtype],
-        k > 1 and a.stride(-1) != 1,
-        n > 1 and b.stride(-1) != 1,
+        k > 1 and a.stride()[-1] != 1,
+        n > 1 and b.stride()[-1] != 1,
         dtype is torch.float32 and _allow_tf32(),
         objective or _objective_var.get() or _env["objective"],
     )
