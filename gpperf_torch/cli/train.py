@@ -51,6 +51,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     metrics = evaluate(predictor, table, host_cost=args.host_cost)
     if args.mode is not None:
         metrics.update(verify_metrics(predictor, table, args.mode))
+    trained_on = in_sample(predictor.meta, args.data)
+    if trained_on:
+        metrics["in_sample"] = trained_on
+        print(
+            f"gpperf-torch eval: warning: in-sample: the model was trained on {', '.join(trained_on)} (its JSON's"
+            " data_files): these metrics describe fitted data, not unseen shapes; its held-out metrics are in"
+            " model.json (metrics.held_out), or evaluate on data it never saw",
+            file=sys.stderr,
+        )
     if args.json:
         json.dump(metrics, sys.stdout, default=json_default)
         sys.stdout.write("\n")
@@ -58,6 +67,21 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"{predictor} on {', '.join(args.data)} ({len(table)} rows):")
         print(format_metrics(metrics))
     return 0
+
+
+def in_sample(meta: dict, paths: list[str]) -> list[str]:
+    """The data files among `paths` the model was trained on: all of them when their bytes hash to the model's
+    data_sha256, else those whose name is one of its data_files (the JSON records names, not paths)."""
+    from pathlib import Path
+
+    names = set(meta.get("data_files") or [])
+    if meta.get("data_sha256"):
+        try:
+            if dataset.data_hash(paths) == meta["data_sha256"]:
+                return [Path(p).name for p in paths]
+        except OSError:
+            pass
+    return [Path(p).name for p in paths if Path(p).name in names]
 
 
 def add_cli(subparsers) -> None:
