@@ -266,7 +266,7 @@ def _mm(a: Tensor, b: Tensor, bias: Tensor | None, config: str | None, objective
 def _op(a: Tensor, b: Tensor, bias: Tensor | None, config: str | None, objective: str | None) -> Tensor:
     """The custom op. Inside it torch.jit's tracer is off, so a trace is told to the selector here: what is
     chosen while tracing stays in memory (a trace that fails leaves nothing on disk) and nothing is measured."""
-    if _jit_tracing():
+    if not _is_compiling() and _jit_tracing():  # (dynamo cannot trace the tracer's flag: asked only outside it)
         with selector.tracing():
             return mm(a, b, bias, config, objective)
     return mm(a, b, bias, config, objective)

@@ -172,6 +172,9 @@ def format_report(rows: list[dict]) -> str:
         lines.append(f"{shape + ' ' + r['dtype'] + ' ' + r['layout']:28s} {r['calls']:5d} {r['source']:9s}"
                      f" {r['backend']:7s} {r['gain']:6.3f} {t.get(TORCH, float('nan')):9.4f}"
                      f" {t.get(r['config'], float('nan')):9.4f}  {r['config']}")  # fmt: skip
+    if table.interpreted() and any(r["source"] != "predicted" for r in rows):
+        lines.append("(times: the Triton interpreter's CPU wall clock, not GPU times; the table marks them so, and no"
+                     " GPU is ever served them)")  # fmt: skip
     return "\n".join(lines)
 
 
