@@ -65,7 +65,10 @@ def _capturing() -> bool:
 
 @functools.lru_cache(maxsize=1024)
 def _config(key: str) -> TileConfig:
-    return TileConfig.from_key(key)
+    try:
+        return TileConfig.from_key(key)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _torch_mm(a: Tensor, b: Tensor, bias: Tensor | None) -> Tensor:
@@ -368,7 +371,9 @@ def _matmul_general(a: Tensor, b: Tensor, config: TileConfig | str | None, objec
     _check(a, b)
     key: str | None = None
     if config is not None:
-        cfg = config if isinstance(config, TileConfig) else TileConfig.from_key(config)
+        if not isinstance(config, (TileConfig, str)):
+            raise TypeError(f"config must be a TileConfig or its key string, got {type(config).__name__}")
+        cfg = config if isinstance(config, TileConfig) else _config(config)
         if a.dtype in _KERNEL_DTYPES:
             reason = kernels.check_config(
                 cfg, elem_size=kernels.elem_size(a.dtype), max_shared_memory=max_shared_memory(a.device)

@@ -100,3 +100,12 @@ def test_autocast_like_torch():
     torch.testing.assert_close(out.float(), expect.float(), rtol=2e-2, atol=2e-2)
     with pytest.raises(TypeError, match="autocast"):
         lin(x.half())  # outside autocast the dtypes must match
+
+
+@pytest.mark.parametrize(
+    "kw, err",
+    [(dict(config="bogus"), gp.ConfigError), (dict(objective="fastest"), RuntimeError), (dict(config=123), TypeError)],
+)
+def test_bad_options_raise_our_errors_not_attribute_errors(kw, err):
+    with pytest.raises(err):
+        gp.matmul(torch.randn(4, 4), torch.randn(4, 4), **kw)

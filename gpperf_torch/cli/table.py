@@ -42,7 +42,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
     entries = _read(paths)
     ordered = sorted(entries.items(), key=lambda kv: table.sort_key(kv[0]))
     if args.json:
-        recs = [{**dict(zip(table.KEY_FIELDS, k, strict=True)), **e.as_dict()} for k, e in ordered]
+        recs = [{**dict(zip(table.KEY_FIELDS, k, strict=True)), **e.as_dict(),
+                 "timed_by": "interpreter" if table.is_interpreted(k[0]) else "gpu"} for k, e in ordered]  # fmt: skip
         json.dump(recs, sys.stdout, indent=1)
         sys.stdout.write("\n")
         return 0
