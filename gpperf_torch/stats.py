@@ -3,7 +3,7 @@ run each distinct GEMM once on the Triton config selection would use on a GPU an
 
     with gpperf_torch.stats.counting() as counts:
         model(x)
-    print(counts.summary())   # "GEMMs: 0 ran Triton, 24 ran torch.matmul; kernel checked ..."
+    print(counts.summary())   # "GEMMs: 6 ran Triton, 24 ran torch.matmul (the dispatch chose ...); kernel checked ..."
 
 Why: on a CPU the dispatch sends nearly every GEMM to torch.matmul (the model predicts cuBLAS faster for small
 shapes, host cost included), so a model run there says nothing about the kernel. With `check` on (the default
@@ -72,19 +72,25 @@ class Counts:
         return self.triton + self.extra_runs
 
     def summary(self) -> str:
-        """What ran, in a line; a second line where no GEMM ran Triton (results compared with plain PyTorch are
-        then torch's against torch's, not a check of the kernel)."""
-        s = f"GEMMs: {self.triton} ran Triton, {self.torch} ran torch.matmul"
+        """What ran, in a line: Triton kernel runs (the dispatch's and the check's) and torch.matmul's, then what
+        the dispatch chose and the float64 check's verdict; a second line where the dispatch chose no Triton
+        config (results compared with plain PyTorch are then torch's against torch's, not a check of the kernel)."""
+        s = (
+            f"GEMMs: {self.kernel_runs} ran Triton, {self.torch} ran torch.matmul (the dispatch chose Triton for"
+            f" {self.triton}, torch.matmul for {self.torch}"
+        )
         if self.check:
             s += (
-                f"; kernel checked against float64 on {self.checked} distinct GEMMs ({self.extra_runs} run on the"
-                " Triton config a GPU would use, beside torch.matmul's dispatch): "
+                f"; {self.extra_runs} ran on the Triton config a GPU would use beside torch.matmul's dispatch);"
+                f" kernel checked against float64 on {self.checked} distinct GEMMs: "
             )
             s += (
                 f"all within tolerance (worst {self.max_err:.2g} of it)"
                 if self.ok
                 else "FAILED: " + "; ".join(self.failures[:3])
             )
+        else:
+            s += ")"
         if self.triton == 0 and self.torch:
             s += (
                 "\n(every GEMM of the run itself was torch.matmul's: differences against plain PyTorch compare torch"

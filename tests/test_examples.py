@@ -68,8 +68,9 @@ def _fresh(fresh_selector):
 
 
 _COUNTS = re.compile(
-    r"GEMMs: (\d+) ran Triton, (\d+) ran torch.matmul(?:; kernel checked against float64 on (\d+) distinct GEMMs "
-    r"\((\d+) run on the Triton config a GPU would use.*?: (all within tolerance|FAILED))?"
+    r"GEMMs: (\d+) ran Triton, (\d+) ran torch.matmul \(the dispatch chose Triton for (\d+), torch.matmul for \d+"
+    r"(?:; (\d+) ran on the Triton config a GPU would use.*?kernel checked against float64 on (\d+) distinct GEMMs: "
+    r"(all within tolerance|FAILED))?"
 )
 
 
@@ -78,12 +79,12 @@ def _assert_kernel_ran(out: str) -> None:
     (on a CPU the dispatch picks torch.matmul for these tiny shapes: the check runs the Triton pick anyway)."""
     found = _COUNTS.findall(out)
     assert len(found) == 1, out
-    triton, torch_, checked, extra, verdict = found[0]
-    assert int(triton) + int(torch_) > 0, out
+    ran_triton, torch_, dispatched, extra, checked, verdict = found[0]
+    assert int(ran_triton) + int(torch_) > 0, out
     if not CUDA:
-        assert int(checked) >= 1 and int(triton) + int(extra) >= 1, out
-        assert verdict == "all within tolerance", out
-        if int(triton) == 0:
+        assert int(ran_triton) >= 1 and int(ran_triton) == int(dispatched) + int(extra), out
+        assert int(checked) >= 1 and verdict == "all within tolerance", out
+        if int(dispatched) == 0:
             assert "compare torch with torch" in out, out
 
 

@@ -30,7 +30,7 @@ def test_counts_by_backend_and_checks_each_distinct_gemm_once():
     assert (c.triton, c.torch) == (1, 4)
     assert c.checked == 2 and c.extra_runs == 1, c  # the linear once (its Triton pick), the forced run once
     assert c.ok and 0.0 <= c.max_err <= 1.0 and c.kernel_runs == 2
-    assert "1 ran Triton, 4 ran torch.matmul" in c.summary()
+    assert "2 ran Triton, 4 ran torch.matmul (the dispatch chose Triton for 1, torch.matmul for 4" in c.summary()
     assert ops.reporters == []  # removed on exit
     with gp.stats.counting(check=False) as c2:
         gp.linear(a, w)
