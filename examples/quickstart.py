@@ -5,7 +5,9 @@ and its confidence (gpperf_torch.explain, the same dispatch policy the op uses).
     python examples/quickstart.py            # on a GPU: real kernels, predicted times for this GPU
     python examples/quickstart.py --small    # tiny shapes (what runs on a CPU through the Triton interpreter)
 
-Without a GPU this runs the same Triton kernel through the interpreter: results are real, times are not.
+Without a GPU this runs the same Triton kernel through the interpreter: results are real, times are not (the
+dispatch picks torch.matmul for these shapes; gp.stats runs each one's Triton pick too, checked against float64).
+The interpreter is not thread-safe: one thread at a time.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -203,11 +204,17 @@ def _save(fig, path: Path, plt) -> Path:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from ..measure import dataset
+    from ..predictor.model_meta import in_sample
     from ..predictor.runtime import load_cli_model
 
     predictor = load_cli_model(args.model)
     table = dataset.load_table(args.data, include_interpreted=args.include_interpreted)
     data = ", ".join(Path(p).name for p in args.data)
+    trained_on = in_sample(predictor.meta, args.data)
+    if trained_on:
+        print(f"gpperf-torch report: warning: in-sample: the model was trained on {', '.join(trained_on)}: the plots"
+              " describe fitted data, not unseen shapes", file=sys.stderr)  # fmt: skip
+        data += " (in-sample)"
     for p in draw_report(predictor, table, args.out, title=f"{model_label(predictor)} on {data}"):
         print(p)
     return 0

@@ -15,6 +15,7 @@ from ..policy.verify_policy import parse
 from ..predictor.evaluation import evaluate
 from ..predictor.export import json_default
 from ..predictor.fitting import DEFAULT_PARAMS
+from ..predictor.model_meta import in_sample
 from ..predictor.runtime import load_cli_model
 from ..predictor.train import format_metrics, train_and_export
 from ..predictor.verify_eval import verify_metrics
@@ -67,21 +68,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"{predictor} on {', '.join(args.data)} ({len(table)} rows):")
         print(format_metrics(metrics))
     return 0
-
-
-def in_sample(meta: dict, paths: list[str]) -> list[str]:
-    """The data files among `paths` the model was trained on: all of them when their bytes hash to the model's
-    data_sha256, else those whose name is one of its data_files (the JSON records names, not paths)."""
-    from pathlib import Path
-
-    names = set(meta.get("data_files") or [])
-    if meta.get("data_sha256"):
-        try:
-            if dataset.data_hash(paths) == meta["data_sha256"]:
-                return [Path(p).name for p in paths]
-        except OSError:
-            pass
-    return [Path(p).name for p in paths if Path(p).name in names]
 
 
 def add_cli(subparsers) -> None:
