@@ -106,7 +106,10 @@ def _run(a: Tensor, b: Tensor, bias: Tensor | None, config: str | None, objectiv
             raise
         # A selected config this GPU cannot run (resources, compiler): torch.matmul for this shape from now on.
         selector.replace_choice(a, b, objective, None, reason=f"{choice.key} failed for {shape}: {e}")
-        return _torch_mm(a, b, bias)
+        out = _torch_mm(a, b, bias)
+        if reporters:
+            _report(a, b, bias, None, out, objective)
+        return out
 
 
 def _run_captured(a: Tensor, b: Tensor, bias: Tensor | None, config: str | None, objective: str | None) -> Tensor:
