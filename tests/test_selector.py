@@ -288,3 +288,15 @@ def test_k_guard_sends_shapes_k_heavier_than_the_training_data_to_torch(fresh, m
     assert "K is heavier than in every training shape" in rows[0]["why"] and f"{kmax:.2f}" in rows[0]["why"]
     inside = gp.explain(1024, 1024, 1024, b_trans=True, device="cpu")[0]
     assert "guard" not in inside and inside["config"] == FAST.key
+
+
+@pytest.mark.parametrize("mnk", [(4096, 4096, 4096), (16, 4096, 4096), (64, 64, 64)])
+def test_verify_measures_the_analytic_rules_top_configs_beside_cublas(fresh, mnk):
+    """Predict mode keeps cuBLAS without a model; verify still times the rule's best Triton configs (its
+    uncertainty keeps them from being cut as predicted slower)."""
+    from gpperf_torch.measure.device import KNOWN_DEVICES
+    from gpperf_torch.selection import state as state_mod
+
+    st = state_mod.state_for_info(KNOWN_DEVICES["l4"])
+    cands, _ = selector.measured_candidates(st, (*mnk, 1, "float16", False, True, False, "time"), "verify")
+    assert cands[0] is None and len(cands) >= 2, cands
