@@ -121,6 +121,8 @@ def warmup(
                            times_ms=dict(res.times_ms), gain=res.gain, noise=res.noise, compiles=res.compiles,
                            compile_s=res.compile_s, bench_ms=res.bench_ms, errors=dict(res.errors))  # fmt: skip
             row["bucket"] = list(verify_policy.m_bucket(s.m, steps))
+            if row["source"] != "predicted":  # what timed it: the GPU, or the interpreter's CPU wall clock
+                row["timed_by"] = "interpreter" if table.interpreted() else "gpu"
             report.append(row)
             bar.step(f"{s.m}x{s.n}x{s.k} {s.dtype} {row['layout']}: {row['config']} ({row['source']})")
     finally:

@@ -247,15 +247,15 @@ def quality_warnings(metrics: dict) -> list[str]:
     out = []
     n = metrics.get("n_shapes")
     reg, static = metrics.get("geomean_regret"), metrics.get("baseline_best_static_regret")
-    if isinstance(reg, float) and isinstance(static, float) and reg > static + 1e-9:
+    if isinstance(reg, (int, float)) and isinstance(static, (int, float)) and reg > static + 1e-9:
         out.append(
             f"the model's held-out geomean regret {reg:.4f} is worse than the best static config's {static:.4f}"
             " (one config for every shape): it selects worse than no model would; tune more shapes"
             " (`gpperf-torch tune`) and train again"
         )
-    if isinstance(n, int) and n < MIN_HELD_OUT_SHAPES:
+    if isinstance(n, (int, float)) and n < MIN_HELD_OUT_SHAPES:
         out.append(
-            f"the held-out metrics rest on {n} shape(s) (fewer than {MIN_HELD_OUT_SHAPES}): they cannot tell a"
+            f"the held-out metrics rest on {n:g} shape(s) (fewer than {MIN_HELD_OUT_SHAPES}): they cannot tell a"
             " good model from a bad one; tune more shapes (`gpperf-torch tune`) before trusting it"
         )
     return out
