@@ -438,7 +438,7 @@ def _main(args: argparse.Namespace) -> int:
                 f"{g['max_diff_vs_eager']:>12.3e}"
             )
     if not cuda:
-        print("\n(interpreter run: the logit differences are real; times are not GPU times and energy is n/a)")
+        print("\n(interpreter run: times are not GPU times and energy is n/a; what ran, and the kernel's check: below)")
     if skipped:
         print(
             "\nskipped objectives need a model with energy targets: measure on the GPU with `gpperf-torch tune` "
