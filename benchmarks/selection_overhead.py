@@ -1,13 +1,16 @@
 """Selection overhead: what tile selection adds to a matmul call. Prints a table.
 
-    python benchmarks/selection_overhead.py [--gpu h100] [--repeats 300]
+    python benchmarks/selection_overhead.py [--gpu h100] [--repeats 300] [--no-interpret]
 
 Rows:
   first sight, N candidates   scoring N candidates for a new shape (features + one onnxruntime call + ordering)
   cached choose()             the per-call path once a shape was seen (dictionary hit)
   host time per call          gpperf_torch.matmul vs kernels.launch vs torch.matmul (GPU, 64x64), each launch with
                               the lean launch path off and on; or on a CPU gpperf_torch.matmul vs the custom op's
-                              dispatch vs torch.matmul (8x8); and a patched biased Linear vs nn.Linear (no_grad)
+                              dispatch vs torch.matmul (8x8); and a patched biased Linear vs nn.Linear (no_grad).
+                              On a CPU the Triton interpreter is on (TRITON_INTERPRET=1, unless --no-interpret),
+                              so selection runs on every call as on a GPU (the dispatch then picks torch.matmul for
+                              8x8): the honest host cost. Without it a CPU call never selects (nothing to launch)
   disk cache load             reading a selection cache of 1000 shapes
   shape_features              building the feature rows of 300 candidates for one shape
   model load                  Predictor.load of each shipped model (onnxruntime session + JSON), after a first load
@@ -30,6 +33,9 @@ import numpy as np
 import torch
 
 os.environ.setdefault("GPPERF_DISK_CACHE", "0")
+# On a CPU, selection is active only under the interpreter: measure that path unless told otherwise.
+if __name__ == "__main__" and "--no-interpret" not in sys.argv and not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from gpperf_torch import kernels
 from gpperf_torch.measure.device import device_for  # noqa: E402
@@ -119,8 +125,9 @@ def op_overhead(repeats: int) -> dict[str, float]:
         dev, dtype, inner, sync_ = "cuda", torch.float16, 20, sync
     else:
         a, b = torch.randn(8, 8), torch.randn(8, 8)
+        what = "selection active (interpreter)" if kernels.interpreting() else "no selection (no interpreter)"
         res = {
-            "gpperf_torch.matmul": _host_us(lambda: gp.matmul(a, b), repeats, 50),
+            f"gpperf_torch.matmul, {what}": _host_us(lambda: gp.matmul(a, b), repeats, 50),
             "custom-op dispatch": _host_us(lambda: torch.ops.gpperf.mm(a, b, None, None), repeats, 50),
             "torch.matmul": _host_us(lambda: torch.matmul(a, b), repeats, 50),
         }
@@ -211,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gpu", default=None, help="model of this GPU (default: the local GPU, else h100)")
     ap.add_argument("--repeats", type=int, default=300)
+    ap.add_argument("--no-interpret", action="store_true", help="on a CPU: the path without selection")
     args = ap.parse_args(argv)
     r = measure(args.gpu, args.repeats)
     print(f"device {r['device']}; model {r['model']}; torch {torch.__version__}; host {os.cpu_count()} cores")

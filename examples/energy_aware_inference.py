@@ -324,11 +324,14 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         torch.set_num_threads(1)  # a tiny model: more threads only wait on each other (and on a busy CPU, spin)
     try:
-        return _main(args)
+        with gp.stats.counting() as counts:  # on the interpreter: each GEMM's Triton pick also runs, vs float64
+            rc = _main(args)
     finally:
         torch.set_num_threads(threads)
         if args.model:
             gp.set_model(None)
+    print(f"\n{counts.summary()}")
+    return rc if counts.ok else 1
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -435,7 +438,7 @@ def _main(args: argparse.Namespace) -> int:
                 f"{g['max_diff_vs_eager']:>12.3e}"
             )
     if not cuda:
-        print("\n(interpreter run: the logit differences are real; times are not GPU times and energy is n/a)")
+        print("\n(interpreter run: times are not GPU times and energy is n/a; what ran, and the kernel's check: below)")
     if skipped:
         print(
             "\nskipped objectives need a model with energy targets: measure on the GPU with `gpperf-torch tune` "

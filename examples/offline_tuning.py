@@ -88,10 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         torch.set_num_threads(1)  # tiny tensors: more threads only wait on each other
     try:
-        return _main(args)
+        with gp.stats.counting() as counts:  # on the interpreter: each GEMM's Triton pick also runs, vs float64
+            rc = _main(args)
     finally:
         torch.set_num_threads(threads)
         gp.set_model(None)  # back to the shipped model for this process
+    print(f"\n{counts.summary()}")
+    return rc if counts.ok else 1
 
 
 def _main(args: argparse.Namespace) -> int:

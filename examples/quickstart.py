@@ -5,7 +5,9 @@ and its confidence (gpperf_torch.explain, the same dispatch policy the op uses).
     python examples/quickstart.py            # on a GPU: real kernels, predicted times for this GPU
     python examples/quickstart.py --small    # tiny shapes (what runs on a CPU through the Triton interpreter)
 
-Without a GPU this runs the same Triton kernel through the interpreter: results are real, times are not.
+Without a GPU this runs the same Triton kernel through the interpreter: results are real, times are not (the
+dispatch picks torch.matmul for these shapes; gp.stats runs each one's Triton pick too, checked against float64).
+The interpreter is not thread-safe: one thread at a time.
 """
 
 from __future__ import annotations
@@ -44,26 +46,13 @@ def main(argv: list[str] | None = None) -> int:
         print("Results are real; predicted times are for the model's GPU, not for this CPU.")
     print(f"dtype {args.dtype}, objective {args.objective}\n")
 
-    ok = True
-    header = f"{'M x N x K':>18}  {'runs on':<26} {'Triton pick':<26} {'ms (Triton/cuBLAS)':>19} {'gain':>14}  check"
-    print(header)
-    print("-" * len(header))
-    for m, n, k in shapes:
-        a = torch.randn(m, k, device=device).to(dtype)
-        w = torch.randn(n, k, device=device).to(dtype)  # a Linear weight: used as a transposed view
-        with gp.objective(args.objective):
-            out = gp.matmul(a, w.t())
-        ref = a.double() @ w.double().t()
-        err = (out.double() - ref).abs().max().item()
-        tol = (2e-2 if dtype == torch.bfloat16 else 2e-3) * max(1.0, ref.abs().max().item())
-        good = err <= tol
-        ok &= good
-        ranked = _show(m, n, k, dtype, args.objective, device, "ok" if good else f"FAIL ({err:.1e})")
-    if not cuda:
-        # What the shipped H100 model runs for shapes too large for the interpreter (explain only, not run).
-        print("\nexplain only (shipped h100 model), not run:")
-        for m, n, k in GPU_SHAPES:
-            _show(m, n, k, dtype, args.objective, None, "-", gpu="h100")
+    try:
+        with gp.objective(args.objective):  # a bad objective fails here, before any GEMM
+            pass
+        ok, ranked = _run(shapes, dtype, args.objective, device, cuda)
+    except ValueError as e:  # e.g. an energy objective the model cannot predict: the fix, not a traceback
+        print(f"objective {args.objective!r} cannot be used here: {e}", file=sys.stderr)
+        return 2
     src = ranked[0]["model"]
     why = "the analytic rule (no model for this GPU)" if src == "analytic" else f"the predictor {os.path.basename(src)}"
     print(
@@ -72,9 +61,40 @@ def main(argv: list[str] | None = None) -> int:
         " trees > 1). gain: predicted speedup of the Triton pick over cuBLAS, +- one sd."
     )
     if not cuda:
-        print("(interpreter run: correctness is real, the times above are the model's predictions for its GPU)")
-    print("all results match torch" if ok else "MISMATCH against torch")
+        print(
+            "(interpreter run: the dispatch sent these GEMMs to torch.matmul; the Triton kernel ran each one too, on"
+            " the config a GPU would use, checked against float64 (the counts above); the times are the model's"
+            " predictions for its GPU)"
+        )
+    print("all results match float64" if ok else "MISMATCH against float64")
     return 0 if ok else 1
+
+
+def _run(shapes, dtype, objective, device, cuda) -> tuple[bool, list[dict]]:
+    """Each shape through gp.matmul, its result checked against float64; the counts of what ran (gp.stats)."""
+    ok = True
+    header = f"{'M x N x K':>18}  {'runs on':<26} {'Triton pick':<26} {'ms (Triton/cuBLAS)':>19} {'gain':>14}  check"
+    print(header)
+    print("-" * len(header))
+    with gp.stats.counting() as counts:  # on the interpreter: also runs each GEMM's Triton pick, vs float64
+        for m, n, k in shapes:
+            a = torch.randn(m, k, device=device).to(dtype)
+            w = torch.randn(n, k, device=device).to(dtype)  # a Linear weight: used as a transposed view
+            with gp.objective(objective):
+                out = gp.matmul(a, w.t())
+            ref = a.double() @ w.double().t()
+            err = (out.double() - ref).abs().max().item()
+            tol = (2e-2 if dtype == torch.bfloat16 else 2e-3) * max(1.0, ref.abs().max().item())
+            good = err <= tol
+            ok &= good
+            ranked = _show(m, n, k, dtype, objective, device, "ok" if good else f"FAIL ({err:.1e})")
+    print(f"\n{counts.summary()}")
+    if not cuda:
+        # What the shipped H100 model runs for shapes too large for the interpreter (explain only, not run).
+        print("\nexplain only (shipped h100 model), not run:")
+        for m, n, k in GPU_SHAPES:
+            _show(m, n, k, dtype, objective, None, "-", gpu="h100")
+    return ok and counts.ok, ranked
 
 
 def _show(m, n, k, dtype, objective, device, check, gpu=None) -> list[dict]:

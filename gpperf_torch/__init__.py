@@ -19,8 +19,8 @@ if not _os.path.isdir(_os.path.join(_here, "kernels")) and _os.path.isfile(
 ):
     __path__.append(_os.path.dirname(_here))
 
-from . import kernels
-from .errors import DeviceMismatchError, DtypeError, ModelError, ShapeError
+from . import kernels, stats
+from .errors import ConfigError, DeviceMismatchError, DtypeError, ModelError, ShapeError
 from .kernels import TileConfig, candidate_space
 from .nn import Linear, patch, record_shapes, recording, unpatch
 from .ops import linear, matmul
@@ -34,6 +34,7 @@ from .warmup import warmup
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConfigError",
     "DeviceMismatchError",
     "DtypeError",
     "Linear",
@@ -53,6 +54,7 @@ __all__ = [
     "record_shapes",
     "recording",
     "set_model",
+    "stats",
     "unpatch",
     "verify_stats",
     "warmup",

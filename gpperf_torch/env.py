@@ -7,7 +7,7 @@ used instead (the explicit API, `gpperf_torch.objective(...)` and `mode(...)`, s
 | GPPERF_OBJECTIVE | time, energy, edp, balanced[:slack], power_cap:<W> | time |
 | GPPERF_MODE | auto (verify on a GPU, predict elsewhere), predict, verify, exhaustive (any case) | auto |
 | GPPERF_MODEL | model directory; checked when first used (a ModelError there) | the shipped model |
-| GPPERF_DISK_CACHE | 1/0, on/off, true/false, yes/no (any case) | 1 |
+| GPPERF_DISK_CACHE | 1/0, on/off, true/false, yes/no (any case); 0: no file of ours is written (paths.py) | 1 |
 | GPPERF_CACHE_DIR | where selections, verified tables and measurements are kept | the user cache dir |
 | GPPERF_TABLE | a verified table loaded read-only: the process never measures or writes (table.py) | unset |
 | GPPERF_VERIFY_TOP_K | Triton configs timed per shape by verify mode, an integer >= 1 | 3 |

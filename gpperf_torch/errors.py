@@ -16,11 +16,15 @@ class DeviceMismatchError(ValueError, RuntimeError):
     """Operands on different devices (names both devices)."""
 
 
-class ModelError(ValueError):
+class ConfigError(ValueError, RuntimeError):
+    """A forced tile config that cannot run for these operands on this device (names the config and why)."""
+
+
+class ModelError(ValueError, RuntimeError):
     """A model file that is missing, corrupt or does not match this package (schema, candidates)."""
 
 
-class UserError(ValueError):
+class UserError(ValueError, RuntimeError):
     """A mistake in what the user gave (a file, an argument, an environment variable), not a bug.
 
     The command line prints its message as one line and exits 2 (cli.main). Other ValueErrors and OSErrors get

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from . import ops
+from .errors import DtypeError
 from .ops import linear
 
 
@@ -30,7 +31,7 @@ class Linear(nn.Linear):
 def _check_dtypes(input: Tensor, weight: Tensor) -> None:
     """Same rule as F.linear: the caller casts (or torch.autocast does, as for torch's own Linear)."""
     if not (input.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(input.device.type)):
-        raise TypeError(
+        raise DtypeError(  # a RuntimeError too, which nn.Linear raises here
             f"Linear got input {input.dtype} but weight is {weight.dtype}; cast one, e.g. "
             f"input.to({weight.dtype}) or model.to({input.dtype}), or run under torch.autocast"
         )

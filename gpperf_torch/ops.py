@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from . import kernels
-from .errors import DeviceMismatchError, DtypeError, ShapeError
+from .errors import ConfigError, DeviceMismatchError, DtypeError, ShapeError
 from .kernels import TileConfig
 from .once import WarnOnce
 from .selection import selector
@@ -42,6 +42,9 @@ def _triton_errors() -> tuple[type[BaseException], ...]:
 _TRITON_ERRORS = _triton_errors()
 # Callbacks (a, b) run on every GEMM the op computes; `gpperf_torch.nn.recording` adds one.
 observers: list = []
+# Callbacks (a, b, bias, choice, out, objective) run after every non-empty GEMM the op computes, with the
+# TileConfig that ran (None: torch.matmul); `gpperf_torch.stats.counting` adds one.
+reporters: list = []
 
 # The per-call path reads these once (module globals: no attribute walks on every GEMM).
 _KERNEL_SET = frozenset(_KERNEL_DTYPES)
@@ -52,6 +55,7 @@ _HAS_CUDA = torch.cuda.is_available()
 _grad_enabled = torch.is_grad_enabled
 _is_compiling = torch.compiler.is_compiling
 _any_autocast = torch._C._is_any_autocast_enabled
+_jit_tracing = torch._C._is_tracing
 
 
 def _capturing() -> bool:
@@ -61,16 +65,21 @@ def _capturing() -> bool:
 
 @functools.lru_cache(maxsize=1024)
 def _config(key: str) -> TileConfig:
-    return TileConfig.from_key(key)
+    try:
+        return TileConfig.from_key(key)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _torch_mm(a: Tensor, b: Tensor, bias: Tensor | None) -> Tensor:
     """torch.matmul (cuBLAS on a GPU), with the bias fused where torch can (addmm)."""
     if bias is None:
         return torch.matmul(a, b)
+    if bias.dtype is not a.dtype:  # (checked first: .to() costs a microsecond even when it has nothing to do)
+        bias = bias.to(a.dtype)
     if a.dim() == 2:
-        return torch.addmm(bias.to(a.dtype), a, b)
-    return torch.matmul(a, b) + bias.to(a.dtype)
+        return torch.addmm(bias, a, b)
+    return torch.matmul(a, b) + bias
 
 
 def _run(a: Tensor, b: Tensor, bias: Tensor | None, config: str | None, objective: str | None) -> Tensor:
@@ -80,9 +89,15 @@ def _run(a: Tensor, b: Tensor, bias: Tensor | None, config: str | None, objectiv
     cfg = _config(config) if config else None
     choice = selector.choose(a, b, cfg, objective)
     if choice is None:  # the model predicts torch.matmul (cuBLAS) is better for this objective
-        return _torch_mm(a, b, bias)
+        out = _torch_mm(a, b, bias)
+        if reporters:
+            _report(a, b, bias, None, out, objective)
+        return out
     try:
-        return kernels.launch(a, b, cfg=choice, max_shared_memory=max_shared_memory(a.device), bias=bias, check=False)
+        out = kernels.launch(a, b, cfg=choice, max_shared_memory=max_shared_memory(a.device), bias=bias, check=False)
+        if reporters:
+            _report(a, b, bias, choice, out, objective)
+        return out
     except _TRITON_ERRORS as e:
         shape = f"{tuple(a.shape)} @ {tuple(b.shape)} {a.dtype} on {a.device}"
         if cfg is not None:
@@ -91,7 +106,10 @@ def _run(a: Tensor, b: Tensor, bias: Tensor | None, config: str | None, objectiv
             raise
         # A selected config this GPU cannot run (resources, compiler): torch.matmul for this shape from now on.
         selector.replace_choice(a, b, objective, None, reason=f"{choice.key} failed for {shape}: {e}")
-        return _torch_mm(a, b, bias)
+        out = _torch_mm(a, b, bias)
+        if reporters:
+            _report(a, b, bias, None, out, objective)
+        return out
 
 
 def _run_captured(a: Tensor, b: Tensor, bias: Tensor | None, config: str | None, objective: str | None) -> Tensor:
@@ -148,7 +166,23 @@ def _compute(
             observe(a, b)
     if nonempty and a.dtype in _KERNEL_SET and (a.is_cuda or (_INTERPRETING and a.is_cpu)):
         return _run(a, b, bias, config, objective)
-    return _torch_mm(a, b, bias)
+    out = _torch_mm(a, b, bias)
+    if reporters and nonempty:
+        _report(a, b, bias, None, out, objective)
+    return out
+
+
+def _compute_checked(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
+    """_compute for operands a straight path has checked (plain tensors, one device, 2-D, shapes that multiply):
+    a kernel dtype goes to selection without asking again what the caller just asked."""
+    if a.dtype in _KERNEL_SET and (_INTERPRETING or a.is_cuda) and not observers and a.numel() and b.numel():
+        return _run(a, b, bias, None, None)
+    return _compute(a, b, bias)
+
+
+def _report(a: Tensor, b: Tensor, bias: Tensor | None, choice, out: Tensor, objective: str | None) -> None:
+    for report in reporters:
+        report(a, b, bias, choice, out, objective)
 
 
 def _op_impl(
@@ -232,6 +266,15 @@ def _mm(a: Tensor, b: Tensor, bias: Tensor | None, config: str | None, objective
         and not _is_compiling()
     ):
         return _compute(a, b, bias, config, objective)
+    return _op(a, b, bias, config, objective)
+
+
+def _op(a: Tensor, b: Tensor, bias: Tensor | None, config: str | None, objective: str | None) -> Tensor:
+    """The custom op. Inside it torch.jit's tracer is off, so a trace is told to the selector here: what is
+    chosen while tracing stays in memory (a trace that fails leaves nothing on disk) and nothing is measured."""
+    if not _is_compiling() and _jit_tracing():  # (dynamo cannot trace the tracer's flag: asked only outside it)
+        with selector.tracing():
+            return mm(a, b, bias, config, objective)
     return mm(a, b, bias, config, objective)
 
 
@@ -307,12 +350,12 @@ def matmul(a: Tensor, b: Tensor, *, config: TileConfig | str | None = None, obje
                     and a.get_device() == b.get_device()
                 ):
                     if _grad_enabled() and (a.requires_grad or b.requires_grad):
-                        return mm(a, b, None, None, None)
-                    return _compute(a, b)
+                        return _op(a, b, None, None, None)
+                    return _compute_checked(a, b)
         elif not _INTERPRETING:
             # No kernel runs on a CPU without the interpreter: torch computes it (any rank, autograd, autocast,
             # compile alike). Only a floating dtype is checked first: torch would multiply integers.
-            if not observers and a.is_cpu and a.dtype in _FLOATS:
+            if not observers and not reporters and a.is_cpu and a.dtype in _FLOATS:
                 try:
                     return torch.matmul(a, b)
                 except RuntimeError:
@@ -321,8 +364,8 @@ def matmul(a: Tensor, b: Tensor, *, config: TileConfig | str | None = None, obje
             dt = a.dtype
             if b.dtype is dt and dt in _KERNEL_SET and a.shape[1] == b.shape[0]:  # the interpreted kernel
                 if _grad_enabled() and (a.requires_grad or b.requires_grad):
-                    return mm(a, b, None, None, None)
-                return _compute(a, b)
+                    return _op(a, b, None, None, None)
+                return _compute_checked(a, b)
     return _matmul_general(a, b, config, objective)
 
 
@@ -331,13 +374,15 @@ def _matmul_general(a: Tensor, b: Tensor, config: TileConfig | str | None, objec
     _check(a, b)
     key: str | None = None
     if config is not None:
-        cfg = config if isinstance(config, TileConfig) else TileConfig.from_key(config)
+        if not isinstance(config, (TileConfig, str)):
+            raise TypeError(f"config must be a TileConfig or its key string, got {type(config).__name__}")
+        cfg = config if isinstance(config, TileConfig) else _config(config)
         if a.dtype in _KERNEL_DTYPES:
             reason = kernels.check_config(
                 cfg, elem_size=kernels.elem_size(a.dtype), max_shared_memory=max_shared_memory(a.device)
             )
             if reason is not None:
-                raise ValueError(f"config {cfg.key} cannot run for {a.dtype} on {a.device}: {reason}")
+                raise ConfigError(f"config {cfg.key} cannot run for {a.dtype} on {a.device}: {reason}")
         key = cfg.key
     if objective is not None:
         parse_objective(objective)  # fail here, at the call, not deep inside the op
@@ -383,7 +428,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     out_features elements or any shape F.linear broadcasts (e.g. (1, N))."""
     # The straight paths (a Linear layer's call): plain tensors or parameters, a 2-D weight, a (N,) bias of the
     # same dtype, one device, eager, no autocast, a non-empty GEMM.
-    if not _INTERPRETING and not observers and type(x) in _PLAIN and x.is_cpu:
+    if not _INTERPRETING and not observers and not reporters and type(x) in _PLAIN and x.is_cpu:
         # No kernel runs on a CPU without the interpreter: F.linear computes it, after the one check F.linear
         # does not make (it accepts a 1-D weight); its own errors go to the general path, which names them.
         if x.dtype in _FLOATS and type(weight) in _PLAIN and weight.ndim == 2:
@@ -422,9 +467,9 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
                 if _grad_enabled() and (
                     x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
                 ):
-                    out = mm(x2, weight.t(), bias, None, None)
+                    out = _op(x2, weight.t(), bias, None, None)
                 else:
-                    out = _compute(x2, weight.t(), bias)
+                    out = _compute_checked(x2, weight.t(), bias)
                 return out if x.ndim == 2 else out.reshape(*x.shape[:-1], N)
     return _linear_general(x, weight, bias)
 

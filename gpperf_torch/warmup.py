@@ -21,6 +21,7 @@ from torch import nn
 
 from . import kernels
 from .nn import GemmShape, record_shapes
+from .paths import cannot_write
 from .policy import verify_policy
 from .selection import selector, table, verify
 from .selection.objectives import mode as mode_block
@@ -120,6 +121,8 @@ def warmup(
                            times_ms=dict(res.times_ms), gain=res.gain, noise=res.noise, compiles=res.compiles,
                            compile_s=res.compile_s, bench_ms=res.bench_ms, errors=dict(res.errors))  # fmt: skip
             row["bucket"] = list(verify_policy.m_bucket(s.m, steps))
+            if row["source"] != "predicted":  # what timed it: the GPU, or the interpreter's CPU wall clock
+                row["timed_by"] = "interpreter" if table.interpreted() else "gpu"
             report.append(row)
             bar.step(f"{s.m}x{s.n}x{s.k} {s.dtype} {row['layout']}: {row['config']} ({row['source']})")
     finally:
@@ -127,8 +130,17 @@ def warmup(
     if tbl.read_only:
         logger.info("warmup: GPPERF_TABLE=%s is read-only: nothing measured or saved", tbl.path)
     elif save is not None or tbl.persist:
-        path = tbl.save(Path(save) if save is not None else None)
-        logger.info("warmup: %d GEMMs, verified table saved to %s", len(report), path)
+        target = Path(save) if save is not None else tbl.path
+        try:
+            path = tbl.save(target)
+            logger.info("warmup: %d GEMMs, verified table saved to %s", len(report), path)
+        except (OSError, ValueError, TimeoutError) as e:  # what was measured is kept: in the report, in memory
+            if save is None:
+                cannot_write(target, e)
+            else:
+                logger.warning("gpperf: warmup could not save the verified table to %s (%s); the %d GEMMs "
+                               "measured are in the report and in this process's memory",
+                               target, e, len(report))  # fmt: skip
     return report
 
 
@@ -162,6 +174,9 @@ def format_report(rows: list[dict]) -> str:
         lines.append(f"{shape + ' ' + r['dtype'] + ' ' + r['layout']:28s} {r['calls']:5d} {r['source']:9s}"
                      f" {r['backend']:7s} {r['gain']:6.3f} {t.get(TORCH, float('nan')):9.4f}"
                      f" {t.get(r['config'], float('nan')):9.4f}  {r['config']}")  # fmt: skip
+    if table.interpreted() and any(r["source"] != "predicted" for r in rows):
+        lines.append("(times: the Triton interpreter's CPU wall clock, not GPU times; the table marks them so, and no"
+                     " GPU is ever served them)")  # fmt: skip
     return "\n".join(lines)
 
 

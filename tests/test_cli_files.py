@@ -331,3 +331,27 @@ def test_subprocess_stderr_is_exactly_one_line(tmp_path, case):
     _check_one_line(r.stderr, p)
     assert _snapshot(tmp_path) == before
     assert json.dumps(r.stdout) == '""'  # nothing on stdout either
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    """`gpperf-torch select ... | head`: the reader went away; exit 0, nothing on stderr."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "1", "GPPERF_DISK_CACHE": "0"}
+    code = "import sys; from gpperf_torch.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    argv = ["select", "64", "64", "64", "--gpu", "h100", "--top", "0"]
+    p = subprocess.Popen([sys.executable, "-c", code, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=env, cwd=tmp_path)  # fmt: skip
+    p.stdout.close()  # before the command writes: its first write meets a closed pipe
+    err = p.stderr.read()
+    assert p.wait(timeout=300) == 0 and err == b"", err
+
+
+@pytest.mark.parametrize("name", ["h100", "a100"])
+def test_shipped_model_names_work_wherever_a_model_is_named(name, capsys, monkeypatch, fresh_selector):
+    assert cli_main(["select", "64", "64", "64", "--model", name, "--top", "1"]) == 0
+    assert f"{name}.onnx" in capsys.readouterr().out
+    import gpperf_torch as gp
+    from gpperf_torch.selection import selector
+
+    monkeypatch.setenv("GPPERF_MODEL", name)
+    selector.reset()
+    assert gp.explain(64, 64, 64, device="cpu")[0]["model"].endswith(f"{name}.onnx")

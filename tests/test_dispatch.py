@@ -101,6 +101,9 @@ def test_policy_from_model_meta_and_defaults():
 
 def test_measured_host_cost_replaces_the_constant(tmp_path, monkeypatch):
     monkeypatch.setenv("GPPERF_CACHE_DIR", str(tmp_path))
+    assert dispatch.write_host_cost("NVIDIA H100 80GB HBM3", {"triton": 0.011, "torch": 0.007}) is None
+    assert not any(tmp_path.iterdir())  # GPPERF_DISK_CACHE=0 (tests/conftest.py): no file of ours
+    monkeypatch.setenv("GPPERF_DISK_CACHE", "1")
     meta = {"dispatch": {"z": 1.0, "host_ms": {"triton": 0.020, "torch": 0.008}}}
     assert dispatch.policy_for(meta, "NVIDIA H100 80GB HBM3").host_source == "model"
     path = dispatch.write_host_cost("NVIDIA H100 80GB HBM3", {"triton": 0.011, "torch": 0.007}, source="test")
@@ -142,3 +145,14 @@ def test_k_ratio_and_the_k_guard():
     # the guard holds for any z, the point estimate too; without a recorded range there is no guard
     assert decide(t, is_torch, Policy(z=0.0, host_ms=dict(NO_HOST_COST)), k_ratio=7.5, k_ratio_max=5.47).to_extern
     assert not decide(t, is_torch, KERNEL, log_dev=_dev(2, 0.01), k_ratio=7.5, k_ratio_max=None).to_extern
+
+
+def test_an_uncertainty_without_trees_holds_triton_back():
+    """The analytic rule has no trees: its calibrated spread (gain_sd) plays their part in the bound."""
+    t = np.array([1.0, 0.8])  # cuBLAS, one Triton config 1.25x faster by the estimate
+    is_torch = np.array([True, False])
+    pol = Policy(host_ms=dict(NO_HOST_COST))
+    assert decide(t, is_torch, pol).index == 1  # no spread: trusted
+    d = decide(t, is_torch, pol, gain_sd=0.3)  # log 1.25 = 0.22 < 1 sd
+    assert d.index == 0 and d.gain_sd == 0.3 and "not confident" in d.reason
+    assert decide(t, is_torch, pol, gain_sd=0.1).index == 1

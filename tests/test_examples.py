@@ -67,6 +67,27 @@ def _fresh(fresh_selector):
     """Every example starts from a fresh selector (tests/conftest.py)."""
 
 
+_COUNTS = re.compile(
+    r"GEMMs: (\d+) ran Triton, (\d+) ran torch.matmul \(the dispatch chose Triton for (\d+), torch.matmul for \d+"
+    r"(?:; (\d+) ran on the Triton config a GPU would use.*?kernel checked against float64 on (\d+) distinct GEMMs: "
+    r"(all within tolerance|FAILED))?"
+)
+
+
+def _assert_kernel_ran(out: str) -> None:
+    """The example printed what ran (gp.stats), and the Triton kernel ran at least once, checked against float64
+    (on a CPU the dispatch picks torch.matmul for these tiny shapes: the check runs the Triton pick anyway)."""
+    found = _COUNTS.findall(out)
+    assert len(found) == 1, out
+    ran_triton, torch_, dispatched, extra, checked, verdict = found[0]
+    assert int(ran_triton) + int(torch_) > 0, out
+    if not CUDA:
+        assert int(ran_triton) >= 1 and int(ran_triton) == int(dispatched) + int(extra), out
+        assert int(checked) >= 1 and verdict == "all within tolerance", out
+        if int(dispatched) == 0:
+            assert "compare torch with torch" in out, out
+
+
 def _row(out: str, name: str) -> list[str]:
     line = next(ln for ln in out.splitlines() if ln.startswith(name + " "))
     return line[len(name) :].split()
@@ -89,6 +110,7 @@ def test_energy_aware_inference_shipped_model(capsys):
         for obj in ("energy", "balanced"):
             assert re.search(rf"^{obj} +skipped: .*gpperf-torch tune.*gpperf-torch train", out, re.M), out
     assert "prefill vs decode" in out and "decode ms/step" in out
+    _assert_kernel_ran(out)
 
 
 def test_energy_aware_inference_energy_model(models, capsys):
@@ -101,6 +123,7 @@ def test_energy_aware_inference_energy_model(models, capsys):
     for obj in ("time", "energy", "balanced"):
         row = _row(out, obj)
         assert float(row[0]) > 0 and float(row[3]) < 1e-3, out
+    _assert_kernel_ran(out)
     state = selector._state(torch.device("cuda" if CUDA else "cpu"))  # the example put the default model back
     assert state.model is None or not str(state.model.path).startswith(str(models["energy"]))
 
@@ -122,6 +145,7 @@ def test_offline_tuning(tmp_path, capsys):
     assert len(table) == n_shapes and all(re.match(r"\s+\d+x\d+x\d+ (nn|nt|tn|tt) ", ln) for ln in table), out
     diff = float(re.search(r"max \|diff\| vs plain PyTorch (\S+)", out).group(1))
     assert diff < 1e-3
+    _assert_kernel_ran(out)
 
 
 # ---- torch_compile.py ------------------------------------------------------------------------------------------
@@ -135,6 +159,29 @@ def test_torch_compile(capsys):
     assert "fullgraph=True" in out
     hook = re.search(r"max \|hook-compiled - plain PyTorch\| ([0-9.e+-]+)", out)  # the compile path's section
     assert hook and float(hook.group(1)) < 1e-3, out
+    _assert_kernel_ran(out)
+
+
+# ---- quickstart.py ------------------------------------------------------------------------------------------------
+def test_quickstart(capsys):
+    ex = _load_example("quickstart")
+    assert ex.main(["--small", "--dtype", "float32"]) == 0
+    out = capsys.readouterr().out
+    assert "all results match float64" in out
+    _assert_kernel_ran(out)
+
+
+def test_quickstart_objective_it_cannot_use_is_one_message(capsys, monkeypatch):
+    """An objective the model cannot serve ends with a message naming the fix (exit 2) or runs; no traceback."""
+    ex = _load_example("quickstart")
+    rc = ex.main(["--small", "--objective", "energy"])
+    captured = capsys.readouterr()
+    assert rc in (0, 2), captured
+    assert "Traceback" not in captured.err
+    if rc == 2:
+        assert "gpperf-torch tune" in captured.err
+    assert ex.main(["--small", "--objective", "fastest"]) == 2
+    assert "objective 'fastest'" in capsys.readouterr().err
 
 
 # ---- gpperf-torch report --pareto ----------------------------------------------------------------------------------

@@ -30,6 +30,27 @@ def test_linear_is_drop_in():
         lin(x.half())
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.int64])
+def test_patched_linear_raises_what_nn_linear_raises(dtype):
+    """torch's nn.Linear raises RuntimeError for a dtype mismatch: code catching that keeps working patched."""
+    model = _mlp()
+    x = torch.randn(4, 24).to(dtype)
+    with pytest.raises(RuntimeError):
+        model(x)
+    gp.patch(model)
+    with pytest.raises(RuntimeError, match="cast") as got:
+        model(x)
+    assert isinstance(got.value, gp.DtypeError)
+
+
+def test_every_error_class_of_ours_is_a_runtime_error():
+    from gpperf_torch import errors
+
+    classes = [v for v in vars(errors).values() if isinstance(v, type) and issubclass(v, Exception)]
+    assert len(classes) >= 6
+    assert all(issubclass(c, RuntimeError) for c in classes), [c for c in classes if not issubclass(c, RuntimeError)]
+
+
 def test_patch_unpatch_round_trip_shares_weights():
     model = _mlp()
     x = torch.randn(4, 24)
@@ -79,3 +100,12 @@ def test_autocast_like_torch():
     torch.testing.assert_close(out.float(), expect.float(), rtol=2e-2, atol=2e-2)
     with pytest.raises(TypeError, match="autocast"):
         lin(x.half())  # outside autocast the dtypes must match
+
+
+@pytest.mark.parametrize(
+    "kw, err",
+    [(dict(config="bogus"), gp.ConfigError), (dict(objective="fastest"), RuntimeError), (dict(config=123), TypeError)],
+)
+def test_bad_options_raise_our_errors_not_attribute_errors(kw, err):
+    with pytest.raises(err):
+        gp.matmul(torch.randn(4, 4), torch.randn(4, 4), **kw)

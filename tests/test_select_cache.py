@@ -136,6 +136,8 @@ def test_a_corrupt_file_is_ignored_and_rewritten_on_flush(cache_on, caplog, kind
     selector.flush_caches()
     written = json.loads(st.disk.path.read_text())
     assert isinstance(written["selections"], dict) and len(written["selections"]) == 1
+    backups = list(st.disk.path.parent.glob(st.disk.path.name + ".unreadable-*"))
+    assert len(backups) == 1 and backups[0].read_text() == CORRUPT[kind], "the unreadable file is kept"
 
 
 def test_flush_keeps_good_entries_of_other_processes_and_drops_malformed(cache_on):

@@ -140,13 +140,31 @@ def test_no_model_uses_analytic_rule_and_warns_once(fresh, caplog):
     with caplog.at_level(logging.WARNING):
         rows = gp.explain(4096, 4096, 4096, dtype="fp16", gpu="l4")  # no shipped model for an L4
         gp.explain(64, 64, 64, dtype="fp16", gpu="l4")
-    assert rows[0]["model"] == "analytic" and rows[0]["backend"] == "triton"
+    assert rows[0]["model"] == "analytic"
     assert caplog.text.count("no model for NVIDIA L4") == 1
     assert "gpperf-torch tune" in caplog.text and "gpperf-torch train" in caplog.text
-    # big GEMMs get big tiles, tiny ones small tiles
-    big = TileConfig.from_key(rows[0]["config"])
-    small = TileConfig.from_key(gp.explain(16, 64, 64, dtype="fp16", gpu="l4")[0]["config"])
+    # big GEMMs get big tiles, tiny ones small tiles (the Triton pick the dispatch weighs against cuBLAS)
+    big = TileConfig.from_key(rows[0]["triton_pick"])
+    small = TileConfig.from_key(gp.explain(16, 64, 64, dtype="fp16", gpu="l4")[0]["triton_pick"])
     assert big.block_m * big.block_n > small.block_m * small.block_n
+
+
+@pytest.mark.parametrize("gpu", ["l4", "rtx4090"])
+@pytest.mark.parametrize("mnk", [(4096, 4096, 4096), (64, 64, 64), (37, 500, 3000), (1, 11008, 4096)])
+def test_the_analytic_rule_weighs_cublas_with_its_uncertainty(fresh, gpu, mnk):
+    """cuBLAS is a candidate with a finite estimate; Triton only where the predicted gain clears z spreads."""
+    from gpperf_torch.predictor.analytic import CUBLAS
+
+    rows = gp.explain(*mnk, dtype="fp16", gpu=gpu)
+    by = {r["config"]: r for r in rows}
+    assert "torch" in by and math.isfinite(by["torch"]["time_ms"]) and by["torch"]["time_ms"] > 0
+    first = rows[0]
+    g, bound = first["predicted_gain_vs_torch"], math.log(first["predicted_gain_vs_torch"])
+    assert first["gain_sd_log"] == pytest.approx(CUBLAS["gain_sd"])
+    assert (first["backend"] == "triton") == (bound - first["gain_sd_log"] > 0), (g, first["why"])
+    # no exact ties among the best Triton estimates: the rule tells its top configs apart
+    tri = sorted(r["time_ms"] for r in rows if r["config"] != "torch")
+    assert tri[0] < tri[2]
 
 
 def test_bad_model_is_a_clear_error(fresh, model_dirs, tmp_path, monkeypatch):
@@ -215,6 +233,7 @@ def test_cli_select_with_shipped_model(capsys, fresh):
 @pytest.mark.skipif(not kernels.interpreting(), reason="verify mode on CPU runs through the Triton interpreter")
 def test_verify_mode_measures_cublas_and_top_k_and_records(fresh, model_dirs, monkeypatch, tmp_path):
     monkeypatch.setenv("GPPERF_VERIFY_TOP_K", "2")
+    monkeypatch.setenv("GPPERF_DISK_CACHE", "1")  # the measurements are appended as tuning rows
     gp.set_model(str(model_dirs["time"]), "cpu")
     a, b = torch.randn(20, 24), torch.randn(24, 16)
     with gp.mode("verify"):
@@ -269,3 +288,15 @@ def test_k_guard_sends_shapes_k_heavier_than_the_training_data_to_torch(fresh, m
     assert "K is heavier than in every training shape" in rows[0]["why"] and f"{kmax:.2f}" in rows[0]["why"]
     inside = gp.explain(1024, 1024, 1024, b_trans=True, device="cpu")[0]
     assert "guard" not in inside and inside["config"] == FAST.key
+
+
+@pytest.mark.parametrize("mnk", [(4096, 4096, 4096), (16, 4096, 4096), (64, 64, 64)])
+def test_verify_measures_the_analytic_rules_top_configs_beside_cublas(fresh, mnk):
+    """Predict mode keeps cuBLAS without a model; verify still times the rule's best Triton configs (its
+    uncertainty keeps them from being cut as predicted slower)."""
+    from gpperf_torch.measure.device import KNOWN_DEVICES
+    from gpperf_torch.selection import state as state_mod
+
+    st = state_mod.state_for_info(KNOWN_DEVICES["l4"])
+    cands, _ = selector.measured_candidates(st, (*mnk, 1, "float16", False, True, False, "time"), "verify")
+    assert cands[0] is None and len(cands) >= 2, cands

@@ -123,6 +123,35 @@ def test_a_corrupt_table_is_ignored_with_a_warning(clean, caplog, content):
     assert any("ignoring verified table" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
 
 
+def test_an_unreadable_table_is_kept_as_a_backup_never_silently_replaced(clean, caplog):
+    path = clean / "t.json"
+    path.write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="gpperf_torch.selection.table"):
+        _write(path, H100, {_bkey(): _entry()})
+    backups = list(clean.glob("t.json.unreadable-*"))
+    assert len(backups) == 1 and backups[0].read_text() == "{not json"
+    assert len(table.read_file(path)[0]) == 1
+    assert any(str(backups[0]) in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.skipif(not kernels.interpreting() or torch.cuda.is_available(), reason="interpreter measurements")
+def test_interpreter_measurements_are_marked_keyed_apart_and_never_served_to_a_gpu(clean, capsys, monkeypatch):
+    ident = table.identity_of(H100)
+    assert table.is_interpreted(ident[0]) and ident[0] != H100.name
+    assert table.default_path(H100).name.endswith("-interpreter.json")
+    path = clean / "t.json"
+    _write(path, H100, {_bkey(): _entry()})
+    assert cli_main(["table", "show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert " interpreter " in out and "not GPU times" in out
+    assert (
+        table.VerifiedTable(H100, path).lookup((100, 64, 32, 1, "float16", False, True, False)) is not None
+    )  # this process: the interpreter's
+    monkeypatch.setattr(table, "interpreted", lambda: False)  # a real H100 reading the same file
+    assert table.identity_of(H100)[0] == H100.name
+    assert table.VerifiedTable(H100, path).lookup((100, 64, 32, 1, "float16", False, True, False)) is None
+
+
 def test_malformed_entries_are_ignored_and_counted(clean, caplog):
     path = clean / "t.json"
     _write(path, H100, {_bkey(): _entry()})
@@ -224,7 +253,11 @@ def test_table_show_and_merge(clean, capsys):
     assert "3 entries" in capsys.readouterr().out
     entries = table.read_file(out)[0]
     assert len(entries) == 3
-    h100 = [e for k, e in entries.items() if k[0] == H100.name and k[len(table.IDENTITY_FIELDS) :] == _bkey()]
+    h100 = [
+        e
+        for k, e in entries.items()
+        if k[0] == table.identity_of(H100)[0] and k[len(table.IDENTITY_FIELDS) :] == _bkey()
+    ]
     assert [e.choice for e in h100] == ["torch"], "the newer measurement wins"
     assert cli_main(["table", "show", str(out)]) == 0
     text = capsys.readouterr().out

@@ -193,8 +193,25 @@ def test_cli_train_and_eval_json(tmp_path, capsys):
                 "r2_log_time", "mape_time", "baseline_best_static_regret", "speedup_vs_extern_geomean"):  # fmt: skip
         assert key in res, key
     assert res["n_shapes"] == 30
+    assert res["in_sample"] == ["tune.csv"]  # its own training file: said so
     assert cli_main(["eval", "--model", str(out), "--data", str(csv_path)]) == 0
-    assert "geomean_regret" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "geomean_regret" in captured.out and "in-sample" in captured.err and "tune.csv" in captured.err
+    other = tmp_path / "other.csv"
+    write_tuning_csv(other, synthetic_rows(n_shapes=6))
+    assert cli_main(["eval", "--model", str(out), "--data", str(other), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "in_sample" not in json.loads(captured.out) and "in-sample" not in captured.err
+
+
+def test_train_warns_when_the_model_adds_nothing_or_the_evidence_is_thin():
+    from gpperf_torch.predictor.train import quality_warnings
+
+    worse = quality_warnings({"geomean_regret": 1.20, "baseline_best_static_regret": 1.10, "n_shapes": 200})
+    assert len(worse) == 1 and "worse than the best static config" in worse[0]
+    thin = quality_warnings({"geomean_regret": 1.0, "baseline_best_static_regret": 1.0, "n_shapes": 2})
+    assert len(thin) == 1 and "2 shape(s)" in thin[0]
+    assert quality_warnings({"geomean_regret": 1.02, "baseline_best_static_regret": 1.10, "n_shapes": 68}) == []
 
 
 def test_cli_eval_mode_verify_replays_the_measured_dispatch(tmp_path, capsys):

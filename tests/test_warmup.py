@@ -62,3 +62,69 @@ def test_warmup_under_a_read_only_table_measures_nothing(setup, tmp_path, monkey
     assert [r["source"] for r in rows] == ["predicted", "predicted"] and verify.stats.shapes == 0
     assert all(math.isnan(r["gain"]) for r in rows)
     assert not (tmp_path / "absent.json").exists()
+
+
+@pytest.mark.parametrize("where", ["cache", "save"])
+def test_warmup_keeps_its_report_when_the_table_cannot_be_saved(setup, tmp_path, monkeypatch, caplog, where):
+    """A cache directory (or --save path) that cannot be used: one warning naming it (and GPPERF_CACHE_DIR for the
+    cache), the report and the in-memory choices kept."""
+    import logging
+
+    from gpperf_torch import paths
+
+    net, x = setup
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    paths._unwritable.clear()
+    if where == "cache":
+        monkeypatch.setenv("GPPERF_CACHE_DIR", str(blocker / "cache"))
+        selector.reset()
+        table.reset()
+    save = None if where == "cache" else blocker / "sub" / "t.json"
+    with caplog.at_level(logging.WARNING):
+        rows = gp.warmup(net, x, save=save, progress=False)
+        gp.flush()
+    assert len(rows) == 2 and all(r["source"] == "measured" for r in rows)
+    msgs = [r.getMessage() for r in caplog.records if str(blocker) in r.getMessage()]
+    assert len(msgs) == 1, msgs  # once, however many files fail
+    if where == "cache":
+        assert "GPPERF_CACHE_DIR" in msgs[0] and "GPPERF_DISK_CACHE=0" in msgs[0]
+    assert blocker.read_text() == "not a directory"
+    with gp.mode("verify"):
+        net(*x)
+    assert verify.stats.shapes == 2  # measured once, remembered in memory
+
+
+def test_disk_cache_off_writes_no_file(setup, tmp_path, monkeypatch):
+    """GPPERF_DISK_CACHE=0: selections, measurements, the table and verify's rows stay in memory."""
+    net, x = setup
+    cache = tmp_path / "cache-off"
+    monkeypatch.setenv("GPPERF_CACHE_DIR", str(cache))
+    monkeypatch.setenv("GPPERF_DISK_CACHE", "0")
+    selector.reset()
+    table.reset()
+    gp.warmup(net, x, progress=False)
+    with gp.mode("predict"):
+        net(*x)
+    gp.flush()
+    assert not cache.exists() or not any(cache.rglob("*")), list(cache.rglob("*"))
+
+
+def test_a_failed_trace_leaves_nothing_in_the_disk_cache(setup, tmp_path, monkeypatch):
+    net, x = setup
+    cache = tmp_path / "cache-trace"
+    monkeypatch.setenv("GPPERF_CACHE_DIR", str(cache))
+    selector.reset()
+
+    class DictOut(torch.nn.Module):  # torch.jit.trace refuses a dict output (strict)
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return {"y": self.net(x)}
+
+    with gp.mode("predict"), pytest.raises(RuntimeError):
+        torch.jit.trace(DictOut(), x)
+    gp.flush()
+    assert not cache.exists() or not any(cache.rglob("*.json")), list(cache.rglob("*"))

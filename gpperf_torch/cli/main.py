@@ -15,6 +15,7 @@ import argparse
 import csv
 import importlib
 import logging
+import os
 import sys
 
 SUBCOMMAND_MODULES = (
@@ -102,7 +103,14 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the try, not at interpreter exit
+        return rc
+    except BrokenPipeError:
+        # `gpperf-torch ... | head`: the reader has what it wanted. Quiet, like other Unix tools, and with nothing
+        # left for Python's exit-time flush to fail on.
+        _silence_stdout()
+        return 0
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -113,6 +121,15 @@ def main(argv: list[str] | None = None) -> int:
             logger.exception("traceback of the error below")
         print(user_error_message(args.command, e), file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout is not a file (a test's capture): nothing to flush
+        pass
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +24,28 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _plain_log_ticks(ax, which: str = "xy") -> None:
+    """Log axes labelled as plain numbers (0.7, 2, 50), not matplotlib's `7x10^-1`; minor ticks labelled only
+    when the axis spans less than a decade (else they crowd). Call after the data are drawn."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    fmt = FuncFormatter(lambda v, _: f"{v:g}")
+    for name in which:
+        axis = ax.xaxis if name == "x" else ax.yaxis
+        if axis.get_scale() != "log":
+            continue
+        lo, hi = sorted(axis.get_view_interval())
+        axis.set_major_formatter(fmt)
+        axis.set_minor_formatter(fmt if lo > 0 and hi / lo < 10 else NullFormatter())
+
+
+def model_label(predictor) -> str:
+    """A model as plot titles name it: the shipped name or the model's file/directory, and its GPU."""
+    path = Path(predictor.path) if getattr(predictor, "path", None) else None
+    name = "model" if path is None else (path.parent.name if path.stem == "model" else path.stem)
+    return f"{name} model ({predictor.device.short_name})"
 
 
 def draw_report(predictor, table, out_dir: str | Path, *, title: str = "") -> list[Path]:
@@ -47,10 +70,11 @@ def draw_report(predictor, table, out_dir: str | Path, *, title: str = "") -> li
     if ok.any():
         lo = float(min(table["time_ms"][ok].min(), pred[ok].min()))
         hi = float(max(table["time_ms"][ok].max(), pred[ok].max()))
-        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="predicted = measured")
     ax.set(xscale="log", yscale="log", xlabel="measured time (ms)", ylabel="predicted time (ms)")
-    ax.set_title(f"{title} predicted vs measured".strip())
+    ax.set_title(f"{title}\npredicted vs measured".strip(), fontsize=10)
     ax.legend(loc="upper left")
+    _plain_log_ticks(ax)
     written.append(_save(fig, out_dir / "predicted_vs_measured.png", plt))
 
     sizes, regrets = regrets_per_group(predictor, table)
@@ -58,9 +82,11 @@ def draw_report(predictor, table, out_dir: str | Path, *, title: str = "") -> li
     if len(regrets):
         r = np.sort(regrets)
         ax.step(r, np.arange(1, len(r) + 1) / len(r), where="post")
-    ax.axvline(1.05, color="k", ls=":", lw=0.8)
+    ax.axvline(1.05, color="k", ls=":", lw=0.8, label="1.05: within 5% of the best")
     ax.set(xscale="log", xlabel="regret (time of pick / best measured)", ylabel="share of shapes")
-    ax.set_title(f"{title} regret CDF ({len(regrets)} shapes)".strip())
+    ax.set_title(f"{title}\nregret CDF ({len(regrets)} shapes)".strip(), fontsize=10)
+    ax.legend(loc="lower right")
+    _plain_log_ticks(ax)
     written.append(_save(fig, out_dir / "regret_cdf.png", plt))
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -76,7 +102,8 @@ def draw_report(predictor, table, out_dir: str | Path, *, title: str = "") -> li
         ax.plot(centers, geo, "C1-o", label="geomean per bin")
         ax.legend()
     ax.set(yscale="log", xlabel="log2(M*N*K)", ylabel="regret")
-    ax.set_title(f"{title} regret by shape size".strip())
+    ax.set_title(f"{title}\nregret by shape size".strip(), fontsize=10)
+    _plain_log_ticks(ax)
     written.append(_save(fig, out_dir / "regret_by_size.png", plt))
 
     # What users get against always calling cuBLAS: the dispatch policy's choice (dispatch.decide, as eval).
@@ -87,14 +114,18 @@ def draw_report(predictor, table, out_dir: str | Path, *, title: str = "") -> li
         r = np.sort(sp)
         ax.step(r, np.arange(1, len(r) + 1) / len(r), where="post")
         ax.axvline(0.97, color="C3", ls=":", lw=0.8, label="0.97x")
-        ax.axvline(1.0, color="k", ls=":", lw=0.8)
+        ax.axvline(1.0, color="k", ls=":", lw=0.8, label="1.0x: as fast as cuBLAS")
         geo = float(np.exp(np.mean(np.log(sp))))
         to_ext = float(np.nanmean(choices["to_extern"]))
         ax.set(xscale="log", xlabel="speedup over cuBLAS (dispatch policy)", ylabel="share of shapes")
         ax.set_title(f"{title}\ngeomean {geo:.3f}, {to_ext:.0%} to cuBLAS ({len(sp)} shapes)".strip(), fontsize=10)
         ax.legend(loc="upper left")
+        _plain_log_ticks(ax)
         written.append(_save(fig, out_dir / "speedup_vs_cublas_cdf.png", plt))
     return written
+
+
+PARETO_TOP = 15  # candidates a time-only model's plot names
 
 
 def pareto_plot(
@@ -140,11 +171,23 @@ def pareto_plot(
                 i = keys.index(key)
                 ax.scatter([t[i]], [e[i]], s=60, marker="*", label=f"{name}: {key}")
         ax.set(xlabel="predicted time (ms)", ylabel="predicted energy (J)")
+        _plain_log_ticks(ax)
+        ax.set_title(f"{model_label(predictor)}: {m}x{n}x{k} {dtype}, predicted")
     else:
-        order = np.argsort(t)
-        ax.bar(np.arange(len(order)), t[order], color=["C3" if keys[i] in marks else "C0" for i in order])
-        ax.set(xlabel="candidates (sorted)", ylabel="predicted time (ms)", yscale="log")
-    ax.set_title(f"{m}x{n}x{k} {dtype}")
+        # No energy: the fastest candidates by predicted time, named, and every marked choice (a bar per
+        # candidate of a 150-config space says nothing).
+        order = list(np.argsort(t, kind="stable")[:PARETO_TOP])
+        order += [i for i in range(len(keys)) if keys[i] in marks and i not in order]
+        y = np.arange(len(order))[::-1]
+        ax.barh(y, t[order], color=["C3" if keys[i] in marks else "C0" for i in order])
+        ax.set_yticks(y, [keys[i] + (f"  ({marks[keys[i]]})" if keys[i] in marks else "") for i in order],
+                      fontsize=6)  # fmt: skip
+        ax.set(xlabel="predicted time (ms)")
+        ax.set_title(
+            f"{model_label(predictor)}: {m}x{n}x{k} {dtype}\npredicted time, the {min(PARETO_TOP, len(t))} fastest"
+            f" of {len(t)} candidates (no energy predicted)",
+            fontsize=9,
+        )
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     return _save(fig, Path(out), plt)
@@ -161,11 +204,18 @@ def _save(fig, path: Path, plt) -> Path:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from ..measure import dataset
+    from ..predictor.model_meta import in_sample
     from ..predictor.runtime import load_cli_model
 
     predictor = load_cli_model(args.model)
     table = dataset.load_table(args.data, include_interpreted=args.include_interpreted)
-    for p in draw_report(predictor, table, args.out, title=predictor.device.short_name):
+    data = ", ".join(Path(p).name for p in args.data)
+    trained_on = in_sample(predictor.meta, args.data)
+    if trained_on:
+        print(f"gpperf-torch report: warning: in-sample: the model was trained on {', '.join(trained_on)}: the plots"
+              " describe fitted data, not unseen shapes", file=sys.stderr)  # fmt: skip
+        data += " (in-sample)"
+    for p in draw_report(predictor, table, args.out, title=f"{model_label(predictor)} on {data}"):
         print(p)
     return 0
 
@@ -306,8 +356,11 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
         ax.set(xlabel="measured candidates (sorted by measured time)", ylabel="time (ms)", yscale="log")
         if not has_e.any():
             print("--data has no energy for this shape: the measured plot shows time only")
-    ax.set_title(f"{m}x{n}x{k} {dtype} {layout}: measured vs predicted ({len(mkeys)} candidates)")
+    data = ", ".join(Path(p).name for p in args.data)
+    ax.set_title(f"{model_label(predictor)} on {data}\n{m}x{n}x{k} {dtype} {layout}: measured vs predicted"
+                 f" ({len(mkeys)} candidates)", fontsize=9)  # fmt: skip
     ax.legend(fontsize=7)
+    _plain_log_ticks(ax)
     best = mkeys[int(np.argmin(mt))]
     print(f"measured {len(mkeys)} candidates for this shape; fastest measured {best} ({mt.min():.5g} ms)")
     print(_save(fig, out_dir / f"{stem}_measured.png", plt))

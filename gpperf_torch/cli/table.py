@@ -1,7 +1,8 @@
 """`gpperf-torch table show|merge PATH...`: print and combine verified tables (table.py).
 
 show   every entry of the tables (default: every verified table in the cache directory), one line each:
-       GPU, library versions, the M bucket, N, K, batch, dtype, layout, the choice, its gain over cuBLAS, the
+       GPU, what timed it (the GPU, or the Triton interpreter's CPU wall clock), library versions, the M bucket,
+       N, K, batch, dtype, layout, the choice, its gain over cuBLAS, the
        candidates' median times; --json prints the records.
 merge  the tables' entries into --out (itself included when it exists), per entry the newer measurement kept:
        tables measured on several hosts of one GPU kind become one that `GPPERF_TABLE` can ship read-only.
@@ -41,22 +42,28 @@ def _cmd_show(args: argparse.Namespace) -> int:
     entries = _read(paths)
     ordered = sorted(entries.items(), key=lambda kv: table.sort_key(kv[0]))
     if args.json:
-        recs = [{**dict(zip(table.KEY_FIELDS, k, strict=True)), **e.as_dict()} for k, e in ordered]
+        recs = [{**dict(zip(table.KEY_FIELDS, k, strict=True)), **e.as_dict(),
+                 "timed_by": "interpreter" if table.is_interpreted(k[0]) else "gpu"} for k, e in ordered]  # fmt: skip
         json.dump(recs, sys.stdout, indent=1)
         sys.stdout.write("\n")
         return 0
     print(f"{len(entries)} entries in {', '.join(map(str, paths))}")
-    print(f"{'gpu':24s} {'torch/triton':18s} {'M':>11s} {'N':>6s} {'K':>6s} {'b':>3s} {'dtype':8s} {'lay':3s}"
-          f" {'choice':26s} {'gain':>6s} {'noise':>6s} measured (ms)")  # fmt: skip
+    print(f"{'gpu':24s} {'timed by':11s} {'torch/triton':18s} {'M':>11s} {'N':>6s} {'K':>6s} {'b':>3s} {'dtype':8s}"
+          f" {'lay':3s} {'choice':26s} {'gain':>6s} {'noise':>6s} measured (ms)")  # fmt: skip
     for k, e in ordered:
         f = dict(zip(table.KEY_FIELDS, k, strict=True))
         mr = f"{f['m_lo']}" if f["m_lo"] == f["m_hi"] else f"{f['m_lo']}-{f['m_hi']}"
         mr += "" if not f["m16"] else "*"
         times = " ".join(f"{c}={t:.4g}" for c, t in sorted(e.times_ms.items(), key=lambda ct: ct[1]))
-        print(f"{f['gpu'][:24]:24s} {f['torch'].split('+')[0] + '/' + f['triton']:18s} {mr:>11s} {f['n']:6d}"
+        interp = table.is_interpreted(f["gpu"])
+        gpu = f["gpu"].removesuffix(table.INTERPRETER_MARK)[:24]
+        versions = f["torch"].split("+")[0] + "/" + f["triton"]
+        print(f"{gpu:24s} {'interpreter' if interp else 'gpu':11s} {versions:18s} {mr:>11s} {f['n']:6d}"
               f" {f['k']:6d} {f['batch']:3d} {f['dtype']:8s} {'nt'[f['a_trans']] + 'nt'[f['b_trans']]:3s}"
               f" {e.choice:26s} {e.gain:6.3f} {e.noise:6.3f} {times}")  # fmt: skip
     print("(M* : M a multiple of 16; gain: cuBLAS's measured time over the choice's)")
+    if any(table.is_interpreted(k[0]) for k in entries):
+        print("(timed by interpreter: the Triton interpreter's CPU wall clock, not GPU times; never served to a GPU)")
     return 0
 
 

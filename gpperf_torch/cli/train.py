@@ -17,6 +17,7 @@ from ..policy.verify_policy import parse
 from ..predictor.evaluation import evaluate
 from ..predictor.export import json_default
 from ..predictor.fitting import DEFAULT_PARAMS
+from ..predictor.model_meta import in_sample
 from ..predictor.runtime import load_cli_model
 from ..predictor.train import format_metrics, train_and_export
 from ..predictor.verify_eval import verify_metrics
@@ -58,6 +59,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     metrics = evaluate(predictor, table, host_cost=args.host_cost)
     if args.mode is not None:
         metrics.update(verify_metrics(predictor, table, args.mode))
+    trained_on = in_sample(predictor.meta, args.data)
+    if trained_on:
+        metrics["in_sample"] = trained_on
+        print(
+            f"gpperf-torch eval: warning: in-sample: the model was trained on {', '.join(trained_on)} (its JSON's"
+            " data_files): these metrics describe fitted data, not unseen shapes; its held-out metrics are in"
+            " model.json (metrics.held_out), or evaluate on data it never saw",
+            file=sys.stderr,
+        )
     if args.json:
         json.dump(metrics, sys.stdout, default=json_default)
         sys.stdout.write("\n")

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import env
-from ..paths import cache_dir, slug
+from ..paths import cache_dir, cannot_write, disk_cache_enabled, slug
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +178,7 @@ def decide(
     unaligned: bool = False,
     k_ratio: float | None = None,
     k_ratio_max: float | None = None,
+    gain_sd: float | None = None,
 ) -> Decision:
     """Choose among candidates of one GEMM.
 
@@ -185,7 +186,8 @@ def decide(
     deviations from time_ms of the rank forest (None: no spread, e.g. the analytic rule); work: (n,) padded work
     for the tie-break (None: no tie-break); unaligned: the shape has an unaligned transposed operand
     (unaligned_transposed), so its z is at least policy.z_unaligned; k_ratio: the shape's (dispatch.k_ratio) and
-    k_ratio_max the model's training range (None: no K guard): above it, torch.matmul.
+    k_ratio_max the model's training range (None: no K guard): above it, torch.matmul; gain_sd: without trees
+    (log_dev None), the uncertainty of the predicted log gain (the analytic rule's calibrated spread; None: 0).
     """
     t = np.asarray(time_ms, dtype=np.float64)
     is_torch = np.asarray(is_torch, dtype=bool)
@@ -212,7 +214,7 @@ def decide(
         g = np.log(t[torch_i] * np.exp(dev[torch_i]) + h_torch) - np.log(t[pick] * np.exp(dev[pick]) + h_tri)
         gain, sd = float(g.mean()), float(g.std())
     else:
-        gain, sd = math.log((t[torch_i] + h_torch) / (t[pick] + h_tri)), 0.0
+        gain, sd = math.log((t[torch_i] + h_torch) / (t[pick] + h_tri)), float(gain_sd or 0.0)
     z = policy.z_for(bool(unaligned))
     bound = gain - z * sd
     guard = "k_range" if beyond_k_range(k_ratio, k_ratio_max) else ""
@@ -263,18 +265,25 @@ def host_cost_path(device_name: str, cache: Path | None = None) -> Path:
     return Path(cache_dir() if cache is None else cache) / HOST_COST_FILE.format(slug=slug(device_name))
 
 
-def write_host_cost(device_name: str, host_ms: dict, *, source: str = "", cache: Path | None = None) -> Path:
-    """Record a measured host cost ({"triton": ms, "torch": ms}) for `device_name` (atomic write)."""
+def write_host_cost(device_name: str, host_ms: dict, *, source: str = "", cache: Path | None = None) -> Path | None:
+    """Record a measured host cost ({"triton": ms, "torch": ms}) for `device_name` (atomic write). Into the cache
+    directory (`cache` None) only with the disk cache on (GPPERF_DISK_CACHE); None when nothing was written."""
     for k in ("triton", "torch"):
         v = host_ms.get(k)
         if not isinstance(v, (int, float)) or not (0.0 <= v < 10.0):
             raise ValueError(f"host cost {k!r} must be milliseconds in [0, 10), got {v!r}")
+    if cache is None and not disk_cache_enabled():
+        return None
     path = host_cost_path(device_name, cache)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
     doc = {"device": device_name, "host_ms": {k: float(host_ms[k]) for k in ("triton", "torch")}, "source": source}
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, path)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        cannot_write(path, e)
+        return None
     return path
 
 

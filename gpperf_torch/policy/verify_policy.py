@@ -115,11 +115,16 @@ def parse(spec: str) -> VerifyPolicy:
 
 
 def candidates(
-    time_ms: np.ndarray, is_torch: np.ndarray, policy: VerifyPolicy, *, log_dev: np.ndarray | None = None
+    time_ms: np.ndarray,
+    is_torch: np.ndarray,
+    policy: VerifyPolicy,
+    *,
+    log_dev: np.ndarray | None = None,
+    gain_sd: float | None = None,
 ) -> list[int]:
     """Indices of the candidates a first sight measures: torch.matmul first (when it is a candidate), then the
     Triton configs best first. time_ms: (n,) predicted (inf: unusable); log_dev: (n, T) per-tree log deviations
-    (None: no spread, e.g. the analytic rule)."""
+    (None: no trees, e.g. the analytic rule, whose calibrated spread of the log gain is then `gain_sd`)."""
     t = np.asarray(time_ms, dtype=np.float64)
     is_torch = np.asarray(is_torch, dtype=bool)
     torch_idx = [int(i) for i in np.flatnonzero(is_torch)][:1]
@@ -138,7 +143,7 @@ def candidates(
             g = (math.log(t[ti]) + dev[ti]) - (math.log(t[pi]) + dev[pi])
             upper = float(g.mean() + policy.skip_z * g.std())
         else:
-            upper = math.log(t[ti] / t[pi])
+            upper = math.log(t[ti] / t[pi]) + policy.skip_z * float(gain_sd or 0.0)
         if upper < math.log(policy.skip_below):
             picked = []
     return torch_idx + picked

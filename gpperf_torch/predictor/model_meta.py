@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import ModelError
 from ..kernels.configs import TileConfig
-from ..measure.dataset import TORCH_KEY
+from ..measure.dataset import TORCH_KEY, data_hash
 from .features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION
 
 # The model format and its targets: defined here, with the schema that checks them (runtime.py loads models with them).
@@ -206,4 +206,18 @@ def read(json_path: str | Path) -> dict:
     return validate(meta, str(json_path))
 
 
-__all__ = ["DEVICE_FIELDS", "feature_difference", "read", "validate"]
+__all__ = ["DEVICE_FIELDS", "feature_difference", "in_sample", "read", "validate"]
+
+
+def in_sample(meta: dict, paths: Sequence[str | Path]) -> list[str]:
+    """The data files among `paths` a model (its model.json `meta`) was trained on: all of them when their bytes
+    hash to its data_sha256, else those whose name is one of its data_files (the JSON records names, not paths).
+    Metrics on them describe fitted data, not unseen shapes (eval and report say so)."""
+    names = set(meta.get("data_files") or [])
+    if meta.get("data_sha256"):
+        try:
+            if data_hash(list(paths)) == meta["data_sha256"]:
+                return [Path(p).name for p in paths]
+        except OSError:
+            pass
+    return [Path(p).name for p in paths if Path(p).name in names]

@@ -232,7 +232,33 @@ def train_and_export(
     metrics["held_out_splits"] = per_split
     metrics["selection_latency_ms_30"] = selection_latency_ms(loaded)
     metrics["onnx_bytes"] = onnx_path.stat().st_size
+    metrics["warnings"] = quality_warnings(metrics)
+    for w in metrics["warnings"]:
+        logger.warning("gpperf train: %s", w)
     return metrics
+
+
+MIN_HELD_OUT_SHAPES = 20  # fewer held-out shapes than this: the metrics are anecdotes, not an estimate
+
+
+def quality_warnings(metrics: dict) -> list[str]:
+    """What a user should know before shipping a freshly trained model: held-out regret no better than the best
+    static config (one config for every shape: the model adds nothing), or too few held-out shapes to tell."""
+    out = []
+    n = metrics.get("n_shapes")
+    reg, static = metrics.get("geomean_regret"), metrics.get("baseline_best_static_regret")
+    if isinstance(reg, (int, float)) and isinstance(static, (int, float)) and reg > static + 1e-9:
+        out.append(
+            f"the model's held-out geomean regret {reg:.4f} is worse than the best static config's {static:.4f}"
+            " (one config for every shape): it selects worse than no model would; tune more shapes"
+            " (`gpperf-torch tune`) and train again"
+        )
+    if isinstance(n, (int, float)) and n < MIN_HELD_OUT_SHAPES:
+        out.append(
+            f"the held-out metrics rest on {n:g} shape(s) (fewer than {MIN_HELD_OUT_SHAPES}): they cannot tell a"
+            " good model from a bad one; tune more shapes (`gpperf-torch tune`) before trusting it"
+        )
+    return out
 
 
 def _check_model_out(out: str | Path, paths: Sequence[str | Path]) -> None:
@@ -258,6 +284,7 @@ __all__ = [
     "fit",
     "combine_splits",
     "grouped_split",
+    "quality_warnings",
     "held_out_metrics",
     "split_for_target",
     "targets_of",

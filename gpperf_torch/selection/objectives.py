@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .. import env
+from ..errors import UserError
 
 OBJECTIVES = ("time", "energy", "edp", "balanced", "power_cap")
 MODES = ("auto", "predict", "verify", "exhaustive")
@@ -49,9 +50,9 @@ def _number(spec: object, arg: str, what: str, example: str) -> float:
     try:
         x = float(arg.strip().removesuffix("w").removesuffix("W"))
     except ValueError:
-        raise ValueError(f"objective {spec!r}: {what} must be a number, e.g. {example!r}") from None
+        raise UserError(f"objective {spec!r}: {what} must be a number, e.g. {example!r}") from None
     if not math.isfinite(x):
-        raise ValueError(f"objective {spec!r}: {what} must be a finite number, e.g. {example!r}")
+        raise UserError(f"objective {spec!r}: {what} must be a finite number, e.g. {example!r}")
     return x
 
 
@@ -67,23 +68,23 @@ def parse_objective(spec: str | Objective) -> Objective:
     name, colon, arg = spec.strip().lower().partition(":")
     name = name.strip()
     if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {spec!r}; choose one of {', '.join(OBJECTIVES)} (power_cap:<watts>)")
+        raise UserError(f"unknown objective {spec!r}; choose one of {', '.join(OBJECTIVES)} (power_cap:<watts>)")
     if name == "power_cap":
         if not arg.strip():
-            raise ValueError(f"objective {spec!r}: power_cap needs a limit in watts, e.g. 'power_cap:300'")
+            raise UserError(f"objective {spec!r}: power_cap needs a limit in watts, e.g. 'power_cap:300'")
         watts = _number(spec, arg, "the power cap in watts", "power_cap:300")
         if watts <= 0:
-            raise ValueError(f"objective {spec!r}: the power cap must be positive watts, e.g. 'power_cap:300'")
+            raise UserError(f"objective {spec!r}: the power cap must be positive watts, e.g. 'power_cap:300'")
         return Objective("power_cap", watts)
     if name == "balanced":
         if colon and not arg.strip():
-            raise ValueError(f"objective {spec!r}: give a slack after the colon, e.g. 'balanced:0.05', or none")
+            raise UserError(f"objective {spec!r}: give a slack after the colon, e.g. 'balanced:0.05', or none")
         slack = _number(spec, arg, "the slack", "balanced:0.05") if colon else DEFAULT_BALANCED_SLACK
         if not 0 <= slack < 10:
-            raise ValueError(f"objective {spec!r}: slack must be a fraction in [0, 10), such as 0.05")
+            raise UserError(f"objective {spec!r}: slack must be a fraction in [0, 10), such as 0.05")
         return Objective("balanced", slack)
     if colon:
-        raise ValueError(f"objective {spec!r}: {name} takes no argument")
+        raise UserError(f"objective {spec!r}: {name} takes no argument")
     return Objective(name)
 
 
@@ -91,7 +92,7 @@ def parse_mode(name: str) -> str:
     """auto | predict | verify | exhaustive, in any case (ValueError else)."""
     md = name.strip().lower() if isinstance(name, str) else name
     if md not in MODES:
-        raise ValueError(f"unknown mode {name!r}; choose one of {', '.join(MODES)}")
+        raise UserError(f"unknown mode {name!r}; choose one of {', '.join(MODES)}")
     return md
 
 

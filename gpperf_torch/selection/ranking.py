@@ -21,7 +21,7 @@ from ..measure.device import DeviceInfo
 from ..once import WarnOnce
 from ..policy import verify_policy
 from ..policy.dispatch import Decision, decide, k_ratio, padded_work, unaligned_transposed
-from ..predictor.analytic import analytic_time_ms
+from ..predictor.analytic import CUBLAS, analytic_time_ms
 from ..predictor.features import config_matrix
 from .objectives import Objective, parse_objective
 
@@ -40,7 +40,8 @@ def valid_candidates(st, dtype: str, launch: tuple | None = None) -> list[TileCo
     ckey = (dtype,) if launch is None else kernels_facts.class_key(dtype, *launch)
     cached = st.valid.get(ckey)
     if cached is None:
-        cands = st.model.candidates if st.model else kernels.candidate_space()
+        # Without a model, the analytic rule: every config of the candidate space, and cuBLAS (None) as well.
+        cands = st.model.candidates if st.model else [None, *kernels.candidate_space()]
         smem = st.info.max_shared_memory
         if launch is None:
             es = kernels.elem_size(dtype)
@@ -71,6 +72,7 @@ class Scored:
     host: np.ndarray  # (n,) per-call host cost of each candidate's backend, ms
     is_torch: np.ndarray  # (n,) bool
     decision: Decision | None = None  # dispatch.decide's, for the time objective
+    gain_sd: float | None = None  # without trees (the analytic rule): the calibrated spread of the log gain
 
 
 def score(st, key: tuple) -> Scored:
@@ -97,18 +99,20 @@ def score(st, key: tuple) -> Scored:
     is_torch = np.array([c is None for c in cands])
     host = np.where(is_torch, st.policy.host_ms.get("torch", 0.0), st.policy.host_ms.get("triton", 0.0))
     decision = None
+    gain_sd = CUBLAS["gain_sd"] if st.model is None else None
     if obj.name == "time":
         kmax = st.model.meta.get("k_ratio_max") if st.model is not None else None
         decision = decide(preds["time_ms"], is_torch, st.policy, log_dev=dev, work=padded_work(m * batch, n, k, matrix),
                           unaligned=bool(unaligned_transposed(m, n, k, a_t, b_t)),
-                          k_ratio=float(k_ratio(m * batch, n, k)), k_ratio_max=kmax)  # fmt: skip
-    return Scored(cands, preds, dev, host, is_torch, decision)
+                          k_ratio=float(k_ratio(m * batch, n, k)), k_ratio_max=kmax,
+                          gain_sd=gain_sd)  # fmt: skip
+    return Scored(cands, preds, dev, host, is_torch, decision, gain_sd)
 
 
 def measured_head(s: Scored, policy) -> list[TileConfig | None]:
     """The candidates a measured first sight times under `policy` (verify_policy.VerifyPolicy): cuBLAS first,
     always, even where the model does not list it, then the Triton configs verify_policy.candidates names."""
-    idx = verify_policy.candidates(s.preds["time_ms"], s.is_torch, policy, log_dev=s.dev)
+    idx = verify_policy.candidates(s.preds["time_ms"], s.is_torch, policy, log_dev=s.dev, gain_sd=s.gain_sd)
     cands = [s.cands[i] for i in idx]
     if None not in cands:
         cands.insert(0, None)

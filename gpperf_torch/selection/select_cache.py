@@ -15,12 +15,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .. import env
 from ..kernels import TileConfig
 from ..measure.dataset import TORCH_KEY as TORCH
 from ..measure.device import DeviceInfo
 from ..once import WarnOnce
-from ..paths import cache_dir, slug
+from ..paths import cache_dir, cannot_write, disk_cache_enabled, keep_unreadable, slug
 
 logger = logging.getLogger(__name__)
 _warn_once = WarnOnce(logger)
@@ -103,7 +102,7 @@ class DiskCache:
         self.path = cache_dir() / f"select-{slug(info.name)}-{token[:16]}.json"
         self.pending: dict[str, str] = {}
         self.last_flush = time.monotonic()
-        self.enabled = env.flag("GPPERF_DISK_CACHE", True)
+        self.enabled = disk_cache_enabled()
 
     def load(self, accept: Accept | None = None) -> dict[tuple, TileConfig | None]:
         """The usable selections of the file: {key: config (None: torch.matmul)}.
@@ -159,15 +158,19 @@ class DiskCache:
                 if self.path.exists():
                     try:
                         merged = {k: v for k, v in _read_selections(self.path).items() if _well_formed(k, v)}
-                    except (OSError, ValueError):
-                        merged = {}  # corrupt: rewrite it whole
+                    except (OSError, ValueError) as e:  # unreadable: kept beside it, never silently replaced
+                        backup = keep_unreadable(self.path)
+                        _warn_once(f"backup:{self.path}", "gpperf: the selection cache %s could not be read (%s); "
+                                   "kept as %s and started anew", self.path, e, backup)  # fmt: skip
                 merged.update(self.pending)
                 tmp = self.path.with_suffix(f".tmp{os.getpid()}")
                 tmp.write_text(json.dumps({"version": 1, "selections": merged}))
                 os.replace(tmp, self.path)
             self.pending.clear()
-        except Exception as e:  # a cache must never break a matmul
-            _warn_once(f"flush:{self.path}", "gpperf: cannot write selection cache %s (%s)", self.path, e)
+        except Exception as e:  # a cache must never break a matmul: the selections stay in memory
+            cannot_write(self.path, e)
+            self.enabled = False  # no retry on every 16th selection: this process keeps them in memory
+            self.pending.clear()
         self.last_flush = time.monotonic()
 
 

@@ -16,6 +16,10 @@ those imports this module (tests/test_import_cycles.py).
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
+
 import torch
 
 from .. import kernels
@@ -34,6 +38,23 @@ _allow_tf32 = kernels.tf32_allowed
 _warn_once = warn_once
 
 
+_trace = threading.local()  # depth: > 0 inside a torch.jit trace (told by the op's front: the op cannot see it)
+
+
+@contextlib.contextmanager
+def tracing() -> Iterator[None]:
+    """The calls inside are part of a torch.jit trace: choices are remembered in memory only, none is measured."""
+    _trace.depth = getattr(_trace, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _trace.depth -= 1
+
+
+def _in_trace() -> bool:
+    return getattr(_trace, "depth", 0) > 0 or torch.jit.is_tracing()
+
+
 def reload_env() -> None:
     """Read GPPERF_OBJECTIVE and GPPERF_MODE again (objectives.reload_env)."""
     _reload_objectives_env()
@@ -50,17 +71,24 @@ def reset() -> None:
 
 def _key(a: torch.Tensor, b: torch.Tensor, objective: str | None) -> tuple:
     """The selection key (DESIGN.md): M, N, K, batch, dtype, layout flags, TF32, objective."""
-    *batch, m, k = a.shape
+    # Written for the per-call path: one stride() tuple per operand (stride(-1) costs twice as much), no unpacking
+    # into lists; this is most of what a cached choice costs.
+    sa = a.shape
+    if len(sa) == 2:
+        m, k = sa
+        batch = 1
+    else:
+        batch, m, k = sa
     n = b.shape[-1]
     dtype = a.dtype
     return (
         m,
         n,
         k,
-        batch[0] if batch else 1,
+        batch,
         _DTYPE_NAMES[dtype],
-        k > 1 and a.stride(-1) != 1,
-        n > 1 and b.stride(-1) != 1,
+        k > 1 and a.stride()[-1] != 1,
+        n > 1 and b.stride()[-1] != 1,
         dtype is torch.float32 and _allow_tf32(),
         objective or _objective_var.get() or _env["objective"],
     )
@@ -97,7 +125,8 @@ def choose(a: torch.Tensor, b: torch.Tensor, forced: TileConfig | None, objectiv
 def _predicted(st, key: tuple) -> TileConfig | None:
     cfg = rank(st, key)[0][0]
     st.memory[key] = cfg
-    st.disk.add(key, TORCH if cfg is None else cfg.key)
+    if not _in_trace():  # a trace that fails must leave nothing behind on disk: memory only
+        st.disk.add(key, TORCH if cfg is None else cfg.key)
     return cfg
 
 
@@ -117,7 +146,7 @@ def _measured(st, key: tuple, mkey: tuple, md: str, a: torch.Tensor, b: torch.Te
         _warn_once(f"verify-obj:{key[-1]}", "gpperf: %s mode measures runtime only; objective %s uses the prediction",
                    md, key[-1])  # fmt: skip
         return _fallback(st, key, mkey, "objective other than time")
-    why = verify.cannot_measure(a)
+    why = verify.cannot_measure(a) or ("while torch.jit traces" if _in_trace() else "")
     if why:
         return _fallback(st, key, None, why)  # not remembered as measured: the next eager call measures
     tbl = table.for_device(st.info)
@@ -172,6 +201,20 @@ def replace_choice(
         st.memory[mkey] = cfg
     if reason:
         _warn_once(f"replaced:{key}", "gpperf: %s; using %s for this shape", reason, cfg or "torch.matmul")
+
+
+def triton_pick(a: torch.Tensor, b: torch.Tensor, objective: str | None = None) -> TileConfig | None:
+    """The Triton config selection runs for `a @ b` when it runs Triton: the first Triton candidate of the
+    predicted ranking (for time, the dispatch decision's Triton pick, also where the decision is torch.matmul).
+    An objective the model cannot rank (e.g. energy with a time-only model) ranks by time. None: no Triton
+    candidate is valid. Never measures; what `gpperf_torch.stats.counting` runs on the interpreter."""
+    st = _state(a.device)
+    key = _key(a, b, objective)
+    try:
+        ranked = rank(st, key)
+    except ValueError:
+        ranked = rank(st, (*key[:-1], "time"))
+    return next((cfg for cfg, _ in ranked if cfg is not None), None)
 
 
 UNSEEN = object()  # `cached_choice`'s answer for a GEMM this process has not selected a config for

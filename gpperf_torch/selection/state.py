@@ -22,7 +22,7 @@ from ..kernels import facts as kernels_facts
 from ..measure.device import KNOWN_DEVICES, DeviceInfo, device_for
 from ..once import WarnOnce
 from ..policy.dispatch import policy_for
-from ..predictor.analytic import ANALYTIC_PARAMS
+from ..predictor.analytic import ANALYTIC_PARAMS, CUBLAS
 from .objectives import parse_objective
 from .ranking import TORCH, valid_candidates
 from .select_cache import DiskCache, cache_token
@@ -65,7 +65,8 @@ class State:
         self._valid_sets: dict[tuple, frozenset] = {}
         # Keyed by the whole model description and the policy: a new host-cost measurement or an edited
         # model.json never reuses selections made under other terms.
-        token = cache_token(self.model.meta if self.model else None, ANALYTIC_PARAMS, self.policy.as_dict())
+        rule = {**ANALYTIC_PARAMS, "cublas": CUBLAS}
+        token = cache_token(self.model.meta if self.model else None, rule, self.policy.as_dict())
         self.disk = DiskCache(info, token)
         self.memory.update(self.disk.load(self.usable))
 
@@ -94,13 +95,13 @@ class State:
 
 
 def load_model(info: DeviceInfo, path: str | None):
-    from ..predictor.runtime import Predictor, list_shipped, shipped_model
+    from ..predictor.runtime import Predictor, list_shipped, load_cli_model, shipped_model
 
     where = "set_model" if path else "GPPERF_MODEL"
     path = path or os.environ.get("GPPERF_MODEL")
     if path:
-        try:
-            return Predictor.load(path)
+        try:  # a model directory or file, else a shipped model's name ("h100"), as every command accepts
+            return load_cli_model(str(path))
         except (ModelError, ValueError, OSError) as e:
             raise ModelError(f"{where}={path!r} cannot be used: {e}") from e
     shipped = shipped_model(info.short_name)

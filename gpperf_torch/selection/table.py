@@ -10,6 +10,10 @@ discard measurements. Writes are atomic (a temporary file renamed under a file l
 processes wrote meanwhile (per entry, the newer measurement wins). A table that cannot be read, or holds nothing
 for this GPU and these versions, is ignored with one warning that says why.
 
+Measurements through the Triton interpreter (a CPU: wall-clock times of an emulation, nothing a GPU would show)
+are marked: their `gpu` field is the described GPU's name with INTERPRETER_MARK, they go to a file of their own
+(default_path), and no GPU's identity ever matches them, so they are never served to a real GPU.
+
 `GPPERF_TABLE=path` loads a table read-only: the process never measures and never writes (a production host);
 shapes it lacks take the prediction. `gpperf-torch table show|merge PATH...` prints and combines tables
 (cli/table.py).
@@ -28,11 +32,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .. import env
+from .. import kernels
 from ..measure.dataset import TORCH_KEY as TORCH
 from ..measure.device import DeviceInfo
 from ..once import WarnOnce
-from ..paths import cache_dir, slug
+from ..paths import cache_dir, cannot_write, disk_cache_enabled, keep_unreadable, slug
 from ..policy.verify_policy import bucket_key, bucket_steps_from_env, gain_over_torch
 
 logger = logging.getLogger(__name__)
@@ -54,10 +58,27 @@ def library_versions() -> tuple[str, str]:
     return str(torch.__version__), str(triton.__version__)
 
 
+INTERPRETER_MARK = " [interpreter: CPU wall clock]"
+
+
+def interpreted() -> bool:
+    """Whether this process's measurements run through the Triton interpreter (no GPU): they are marked."""
+    import torch
+
+    return kernels.interpreting() and not torch.cuda.is_available()
+
+
+def is_interpreted(gpu: str) -> bool:
+    """Whether an entry's `gpu` field marks interpreter measurements."""
+    return gpu.endswith(INTERPRETER_MARK)
+
+
 def identity_of(info: DeviceInfo) -> tuple:
-    """(gpu, capability, sm_count, torch, triton) of this process on `info`."""
+    """(gpu, capability, sm_count, torch, triton) of this process on `info`; `gpu` carries INTERPRETER_MARK
+    where the measurements are the interpreter's."""
     torch_v, triton_v = library_versions()
-    return (info.name, ".".join(map(str, info.capability)), int(info.sm_count), torch_v, triton_v)
+    gpu = info.name + (INTERPRETER_MARK if interpreted() else "")
+    return (gpu, ".".join(map(str, info.capability)), int(info.sm_count), torch_v, triton_v)
 
 
 @dataclass
@@ -165,7 +186,8 @@ def newer(a: Entry | None, b: Entry) -> Entry:
 
 def write_file(path: Path, entries: dict[tuple, Entry], *, merge: bool = True) -> int:
     """Write `entries` to `path` atomically under a file lock, merged (`merge`) with what the file holds then
-    (per key, the newer measurement wins; a file that is not a table is replaced). Returns the entries written."""
+    (per key, the newer measurement wins; a file that cannot be read as a table is kept beside it as a backup,
+    keep_unreadable, and the table starts anew). Returns the entries written."""
     from filelock import FileLock
 
     path = Path(path)
@@ -176,7 +198,9 @@ def write_file(path: Path, entries: dict[tuple, Entry], *, merge: bool = True) -
             try:
                 merged, _, _ = read_file(path)
             except (OSError, ValueError) as e:
-                logger.warning("gpperf: replacing unreadable verified table %s (%s)", path, e)
+                backup = keep_unreadable(path)
+                logger.warning("gpperf: the verified table %s could not be read (%s); kept as %s, and a new table "
+                               "written in its place", path, e, backup)  # fmt: skip
         for key, e in entries.items():
             merged[key] = newer(merged.get(key), e)
         doc = {"format": FORMAT, "version": VERSION, "written_at": _now(),
@@ -192,7 +216,8 @@ def sort_key(key: tuple) -> tuple:
 
 
 def default_path(info: DeviceInfo) -> Path:
-    return cache_dir() / f"verified-{slug(info.name)}.json"
+    """This device's table file in the cache directory (interpreter measurements in a file of their own)."""
+    return cache_dir() / f"verified-{slug(info.name)}{'-interpreter' if interpreted() else ''}.json"
 
 
 class VerifiedTable:
@@ -276,8 +301,9 @@ class VerifiedTable:
             pending, self.pending = self.pending, {}
         try:
             write_file(self.path, {(*self.identity, *k): e for k, e in pending.items()})
-        except Exception as e:  # a table must never break a matmul
-            _warn_once(f"write:{self.path}", "gpperf: cannot write verified table %s (%s)", self.path, e)
+        except Exception as e:  # a table must never break a matmul: the entries stay in memory
+            cannot_write(self.path, e)
+            self.persist = False  # no retry on every flush: this process keeps its measurements in memory
         self.last_flush = time.monotonic()
 
     def save(self, path: Path | None = None) -> Path:
@@ -317,7 +343,7 @@ def for_device(info: DeviceInfo) -> VerifiedTable:
                 if ro is not None:
                     t = VerifiedTable(info, ro, read_only=True)
                 else:
-                    t = VerifiedTable(info, default_path(info), persist=env.flag("GPPERF_DISK_CACHE", True))
+                    t = VerifiedTable(info, default_path(info), persist=disk_cache_enabled())
                 _tables[info.name] = t
     return t
 
@@ -337,12 +363,15 @@ def reset() -> None:
 atexit.register(flush_all)
 
 __all__ = [
+    "INTERPRETER_MARK",
     "Entry",
     "VerifiedTable",
     "default_path",
     "flush_all",
     "for_device",
     "identity_of",
+    "interpreted",
+    "is_interpreted",
     "read_file",
     "reset",
     "write_file",

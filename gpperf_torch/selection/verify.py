@@ -36,7 +36,7 @@ from ..measure import timing as measure
 from ..measure.dataset import COLUMNS
 from ..measure.dataset import TORCH_KEY as TORCH
 from ..measure.device import DeviceInfo
-from ..paths import cache_dir, slug
+from ..paths import cache_dir, cannot_write, disk_cache_enabled, slug
 from ..policy.verify_policy import (
     VerifyPolicy,
     bucket_steps_from_env,
@@ -250,6 +250,8 @@ def append_rows(info: DeviceInfo, key: tuple, result: Result) -> None:
         "interpreted": int(kernels.interpreting()), "run_id": "verify",
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }  # fmt: skip
+    if not disk_cache_enabled():
+        return
     path = dataset_path(info.name)
     try:
         with DatasetWriter(path) as w:
@@ -269,8 +271,10 @@ def append_rows(info: DeviceInfo, key: tuple, result: Result) -> None:
                     if t > 0:
                         row["tflops"] = 2.0 * m * batch * n * k / (t * 1e-3) / 1e12
                 w.write({c: row.get(c) for c in COLUMNS})
-    except (DatasetLockedError, OSError, ValueError) as e:
+    except DatasetLockedError as e:
         logger.info("verify: measurements not saved to %s (%s)", path, e)
+    except (OSError, ValueError) as e:
+        cannot_write(path, e)
 
 
 __all__ = [
