@@ -47,7 +47,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
         return 0
     print(f"{len(entries)} entries in {', '.join(map(str, paths))}")
     print(f"{'gpu':24s} {'torch/triton':18s} {'M':>11s} {'N':>6s} {'K':>6s} {'b':>3s} {'dtype':8s} {'lay':3s}"
-          f" {'choice':26s} {'gain':>6s} {'noise':>6s} measured (ms)")  # fmt: skip
+          f" {'objective':13s} {'choice':26s} {'gain':>6s} {'noise':>6s} measured (ms)")  # fmt: skip
     for k, e in ordered:
         f = dict(zip(table.KEY_FIELDS, k, strict=True))
         mr = f"{f['m_lo']}" if f["m_lo"] == f["m_hi"] else f"{f['m_lo']}-{f['m_hi']}"
@@ -55,7 +55,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
         times = " ".join(f"{c}={t:.4g}" for c, t in sorted(e.times_ms.items(), key=lambda ct: ct[1]))
         print(f"{f['gpu'][:24]:24s} {f['torch'].split('+')[0] + '/' + f['triton']:18s} {mr:>11s} {f['n']:6d}"
               f" {f['k']:6d} {f['batch']:3d} {f['dtype']:8s} {'nt'[f['a_trans']] + 'nt'[f['b_trans']]:3s}"
-              f" {e.choice:26s} {e.gain:6.3f} {e.noise:6.3f} {times}")  # fmt: skip
+              f" {f['objective']:13s} {e.choice:26s} {e.gain:6.3f} {e.noise:6.3f} {times}")  # fmt: skip
     print("(M* : M a multiple of 16; gain: cuBLAS's measured time over the choice's)")
     return 0
 
