@@ -76,6 +76,7 @@ class NvmlEnergyMeter:
         self._nvml = nvml
         self._handle = handle
         self._clock = clock
+        self.clock = clock  # what windows are timed with (callers size their batches on it)
         self._sleep = sleep
         self._max_window_factor = max_window_factor
         self._max_align_s = max_align_s

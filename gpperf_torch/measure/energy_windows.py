@@ -152,6 +152,20 @@ def batched(fn: Callable[[], object], n: int, sync: Callable[[], None] | None) -
     return run_batch
 
 
+def calibrated(
+    fn: Callable[[], object], meter: EnergyMeter, sync: Callable[[], None] | None, clock: Callable[[], float]
+) -> Callable[[], int]:
+    """`run_batch` for `fn` (warm) with batches of about BATCH_S, timed on the clock the meter's windows use (the
+    meter's `clock`; `clock` without a counter)."""
+    wclock = getattr(meter, "clock", None) if getattr(meter, "available", False) else None
+    wclock = wclock or clock
+    t0 = wclock()
+    fn()
+    if sync is not None:
+        sync()
+    return batched(fn, batch_size(wclock() - t0), sync)
+
+
 @dataclass
 class CallEnergy:
     """`gp.energy.measure`'s answer. Every figure that could not be known is None and `unknown` says why."""
@@ -172,20 +186,24 @@ class CallEnergy:
     def as_dict(self) -> dict:
         return asdict(self)
 
-    def fmt(self, name: str, spec: str = ".4g") -> str:
-        """One figure as text: the number, or 'n/a (why)'."""
+    def fmt(self, name: str, spec: str = ".4g", *, why: bool = True) -> str:
+        """One figure as text: the number, or 'n/a (why)' ('n/a' alone with why=False)."""
         v = getattr(self, name)
         if v is None:
-            return f"n/a ({self.unknown.get(name, 'not measured')})"
+            return f"n/a ({self.unknown.get(name, 'not measured')})" if why else "n/a"
         return format(v, spec) if isinstance(v, float) else str(v)
 
     def __str__(self) -> str:
-        parts = [f"{self.fmt('j_per_call')} J/call", f"{self.fmt('watts', '.1f')} W",
-                 f"{self.fmt('calls_per_s', '.4g')} calls/s", f"SM {self.fmt('sm_clock_mhz', '.0f')} MHz",
-                 f"limit {self.fmt('power_limit_w', '.0f')} W", f"throttled {self.fmt('throttled')}"]  # fmt: skip
+        parts = [f"{self.fmt('j_per_call', why=False)} J/call", f"{self.fmt('watts', '.1f', why=False)} W",
+                 f"{self.fmt('calls_per_s', '.4g', why=False)} calls/s",
+                 f"SM {self.fmt('sm_clock_mhz', '.0f', why=False)} MHz",
+                 f"limit {self.fmt('power_limit_w', '.0f', why=False)} W",
+                 f"throttled {self.fmt('throttled', why=False)}"]  # fmt: skip
         if self.throttle_reasons:
             parts[-1] += f" ({', '.join(self.throttle_reasons)})"
-        return f"{self.device}: " + ", ".join(parts) if self.device else ", ".join(parts)
+        text = (f"{self.device}: " if self.device else "") + ", ".join(parts)
+        reasons = sorted(set(self.unknown.values()))
+        return text + (f" [n/a: {'; '.join(reasons)}]" if reasons else "")
 
 
 def measure_callable(
@@ -205,11 +223,7 @@ def measure_callable(
     fn()  # warm: compilation, first-sight selection, allocator
     if sync is not None:
         sync()
-    t0 = clock()
-    fn()
-    if sync is not None:
-        sync()
-    run = batched(fn, batch_size(clock() - t0), sync)
+    run = calibrated(fn, meter, sync, clock)
     out = CallEnergy(repeats=repeats, window_s=seconds, device=device)
     if getattr(meter, "available", False):
         w = interleaved_windows(meter, {"fn": run}, window_s=seconds, repeats=repeats)
@@ -265,6 +279,7 @@ __all__ = [
     "Windows",
     "batch_size",
     "batched",
+    "calibrated",
     "interleaved_windows",
     "measure_callable",
     "repeatability",
