@@ -28,7 +28,7 @@ def test_gpu_check_dry_run(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     steps = summary["steps"]
-    assert list(steps) == ["env", "tests", "verify", "tune", "predict", "e2e", "overhead", "decode", "model"]
+    assert list(steps) == ["env", "tests", "verify", "energy", "tune", "predict", "e2e", "overhead", "decode", "model"]
     assert all(s["status"] == "ok" for s in steps.values()), {k: v.get("error") for k, v in steps.items()}
     assert steps["tests"]["result"]["passed"] > 0 and steps["tests"]["result"]["failures"] == 0
     assert steps["tune"]["result"]["rows_written"] > 0 and steps["tune"]["result"]["interpreted"]
@@ -55,11 +55,20 @@ def test_gpu_check_dry_run(tmp_path):
         assert m["plain_ms"] > 0 and m["predict_ms"] > 0 and m["verify_ms"] > 0, m
         assert m["shapes"] >= 1 and m["measured"] == m["shapes"] and m["candidates_per_shape"] >= 1, m
     assert "triton_choices" in ver["noise_check"], ver["noise_check"]
+    en = steps["energy"]["result"]
+    assert en["interpreter"] and not en["counter"]["available"] and len(en["shapes"]) >= 2
+    for r in en["shapes"]:
+        assert len(r["candidates"]) >= 2 and r["time_opt"] in {c["config"] for c in r["candidates"]}, r
+        assert all(c["j"] is None for c in r["candidates"]) and r["saving"] is None  # no counter: n/a, never 0
+    dec_rows = {r["row"]: r for r in en["decoder"]["rows"]}
+    assert list(dec_rows) == ["plain", "time, guard", "energy, guard"]
+    assert all(r["tokens_per_s"] > 0 and r["j_per_token"] is None and r["energy_na"] for r in dec_rows.values())
     for name in ("summary.md", "tune.csv", "e2e.csv", "tests.xml", "model.onnx", "model.json"):
         assert (tmp_path / name).is_file(), name
     assert len(list(tmp_path.iterdir())) <= 8, "a device call brings back at most 8 files"
     md = (tmp_path / "summary.md").read_text()
     assert "| tune | ok |" in md and "held-out" in md
+    assert "| energy | ok |" in md and "| shape | candidates | time-opt |" in md and "decoder J/token" in md
     assert "| decode row | tokens/s |" in md and "INTERPRETER NUMBERS" in md
     assert "| model | plain ms | predict ms | verify ms |" in md and "noise check" in md
     assert md.strip() in proc.stdout, "the summary table is printed last"
