@@ -373,3 +373,11 @@ def test_warmup_guard_is_not_run_while_tracing(measuring, monkeypatch):
     monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)
     g = warmup_mod._guard(net, torch.randn(4, 8), [{"config": "x"}], None, None, 8, "time", torch.device("cpu"))
     assert "torch.jit" in g["skipped"]
+
+
+def test_select_answers_objective_energy_on_the_shipped_model(fresh_selector, capsys):
+    from gpperf_torch.cli.main import main as cli_main
+
+    assert cli_main(["select", "4096", "4096", "4096", "--gpu", "h100", "--objective", "energy"]) == 0
+    out = capsys.readouterr().out
+    assert "objective=energy" in out and "why: the time pick" in out and "note:" in out and "R^2 0.994" in out
