@@ -16,7 +16,9 @@ measured in NVML energy windows (selection/energy_verify.py) and the table keeps
 The guard (`guard=True`, the default on a GPU) then measures the model's forward plain (every GEMM cuBLAS) and
 patched, whole (selection/guard.py): in time, and for energy objectives in energy. If patched is not better
 beyond the noise, every GEMM of the model goes back to cuBLAS (in this process and in the table, marked
-`guard`), and the report says so (`report.guard`). Never under a CUDA-graph capture or a trace.
+`guard`), and the report says so (`report.guard`). Never under a CUDA-graph capture or a trace. The plain forward
+swaps the model's gpperf Linear layers back to nn.Linear for the measurement; GEMMs the model calls through
+gp.matmul directly go through the op in both forwards.
 """
 
 from __future__ import annotations
