@@ -192,10 +192,8 @@ def replace_choice(
     a: torch.Tensor, b: torch.Tensor, objective: str | None, cfg: TileConfig | None, *, reason: str = ""
 ) -> None:
     """Remember `cfg` (None: torch.matmul) for this GEMM in every mode, e.g. after the chosen config failed."""
-    st = _state(a.device)
     key = _key(a, b, objective)
-    for mkey in (key, *(_memo_key(key, md) for md in MEASURED_MODES)):
-        st.memory[mkey] = cfg
+    replace_key(_state(a.device), key, cfg)
     if reason:
         _warn_once(f"replaced:{key}", "gpperf: %s; using %s for this shape", reason, cfg or "torch.matmul")
 
