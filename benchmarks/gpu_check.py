@@ -14,17 +14,17 @@ after every step, so whatever ran is on disk):
   4 energy    NVML windows: the counter's update period, ~8 shapes from decode to 4096^3 (cuBLAS + the top-3
               configs, three interleaved windows each): window repeatability, energy-optimal vs time-optimal
               saving and slowdown, the keep rule's pick; the decoder's J/token plain / time / energy with the guard
-  4 tune      a budgeted tuning run (runtime + NVML energy), llm + random shapes, fp16 and bf16
-  5 predict   train on a grouped 70% of the new data, evaluate on the held-out shapes; evaluate the shipped
+  5 tune      a budgeted tuning run (runtime + NVML energy), llm + random shapes, fp16 and bf16
+  6 predict   train on a grouped 70% of the new data, evaluate on the held-out shapes; evaluate the shipped
               model on all new shapes (does the public-data model transfer to our kernel?)
-  6 e2e       held-out shapes: gpperf (predict / verify / exhaustive) vs torch.matmul vs the measured best vs
+  7 e2e       held-out shapes: gpperf (predict / verify / exhaustive) vs torch.matmul vs the measured best vs
               triton.autotune over the same candidates (steady state and time to first result); objective
               energy vs time (joules and ms per GEMM)
-  7 overhead  benchmarks/selection_overhead.py here: first-sight latency, cached path, host time per call of
+  8 overhead  benchmarks/selection_overhead.py here: first-sight latency, cached path, host time per call of
               gpperf_torch.matmul vs kernels.launch vs torch.matmul
-  8 decode    the decoder example's decode steps (2 layers, GPT-2 width, batch 4, fp16): tokens/s and us per GEMM
+  9 decode    the decoder example's decode steps (2 layers, GPT-2 width, batch 4, fp16): tokens/s and us per GEMM
               call plain / patched torch-only / predict / verify, lean launch path off and on, CUDA graphs
-  9 model     a model retrained on all new data, written beside the results (ready for gpperf_torch/data/)
+  10 model    a model retrained on all new data, written beside the results (ready for gpperf_torch/data/)
 The steps live in benchmarks/gpucheck/ by concern (common state, verify, energy, tune + predict + model, e2e,
 decode, summary);
 this file is the command line, the env and tests steps, and the overhead step.
@@ -211,7 +211,7 @@ def step_tests(c: Check) -> dict:
     return res
 
 
-# ---- 6 overhead -------------------------------------------------------------------------------------
+# ---- 8 overhead -------------------------------------------------------------------------------------
 def step_overhead(c: Check) -> dict:
     """benchmarks/selection_overhead.py on this machine: first sight, cached path, host time per call."""
     sys.path.insert(0, str(REPO / "benchmarks"))
