@@ -13,19 +13,22 @@ after every step, so whatever ran is on disk):
               (a fresh process re-times every verified Triton choice against cuBLAS)
   4 compile   torch.compile of a decoder block and a ViT MLP: default, max-autotune, the gpperf Inductor hook in
               predict and verify mode (issue 26): compile s, steady-state ms, share of GEMMs on Triton templates
-  5 tune      a budgeted tuning run (runtime + NVML energy), llm + random shapes, fp16 and bf16
-  6 predict   train on a grouped 70% of the new data, evaluate on the held-out shapes; evaluate the shipped
+  5 energy    NVML windows: the counter's update period, ~8 shapes from decode to 4096^3 (cuBLAS + the top-3
+              configs, three interleaved windows each): window repeatability, energy-optimal vs time-optimal
+              saving and slowdown, the keep rule's pick; the decoder's J/token plain / time / energy with the guard
+  6 tune      a budgeted tuning run (runtime + NVML energy), llm + random shapes, fp16 and bf16
+  7 predict   train on a grouped 70% of the new data, evaluate on the held-out shapes; evaluate the shipped
               model on all new shapes (does the public-data model transfer to our kernel?)
-  7 e2e       held-out shapes: gpperf (predict / verify / exhaustive) vs torch.matmul vs the measured best vs
+  8 e2e       held-out shapes: gpperf (predict / verify / exhaustive) vs torch.matmul vs the measured best vs
               triton.autotune over the same candidates (steady state and time to first result); objective
               energy vs time (joules and ms per GEMM)
-  8 overhead  benchmarks/selection_overhead.py here: first-sight latency, cached path, host time per call of
+  9 overhead  benchmarks/selection_overhead.py here: first-sight latency, cached path, host time per call of
               gpperf_torch.matmul vs kernels.launch vs torch.matmul
-  9 decode    the decoder example's decode steps (2 layers, GPT-2 width, batch 4, fp16): tokens/s and us per GEMM
+  10 decode   the decoder example's decode steps (2 layers, GPT-2 width, batch 4, fp16): tokens/s and us per GEMM
               call plain / patched torch-only / predict / verify, lean launch path off and on, CUDA graphs
-  10 model     a model retrained on all new data, written beside the results (ready for gpperf_torch/data/)
-The steps live in benchmarks/gpucheck/ by concern (common state, verify, tune + predict + model, e2e, decode,
-summary);
+  11 model    a model retrained on all new data, written beside the results (ready for gpperf_torch/data/)
+The steps live in benchmarks/gpucheck/ by concern (common state, verify, compile, energy, tune + predict + model,
+e2e, decode, summary);
 this file is the command line, the env and tests steps, and the overhead step.
 Everything goes to --out (default $OUT, else results/<gpu>-<date>/): summary.json, summary.md, tune.csv,
 e2e.csv, tests.xml, model.onnx, model.json (and log.txt from gpu_check.sh): eight files at most.
@@ -49,30 +52,34 @@ from gpucheck.common import REPO, Check, log
 from gpucheck.compile import step_compile
 from gpucheck.decode import step_decode
 from gpucheck.e2e import step_e2e
+from gpucheck.energy import step_energy
 from gpucheck.summary import summary_markdown
 from gpucheck.tune import step_model, step_predict, step_tune
 from gpucheck.verify import step_verify
 
-# Budgets (seconds) sized for a 7-minute run on an H100/H200 with 16 CPU cores; see benchmarks/README.md. The H200 run
+# Budgets (seconds) sized for a 9-minute run on an H100/H200 with 16 CPU cores (one device call is at most 600 s:
+# the whole check stays under 560 s with the start and the transfers); see benchmarks/README.md. The H200 run
 # of 2026-11-26 showed the tuning step is compile-bound (~1.5 rows/s with 28 configs x 2 dtypes over 20 shapes:
 # each new shape divisibility pattern compiles every config again), so it gets the largest share. The tests run
 # twice (the lean launch path off, then on: its second pass reuses the compiled kernels).
 # The verify step (the measured dispatch on three models' GEMMs, issue 20) comes right after the tests: it is the
 # current focus, and it needs only the shipped model; tune and tests gave up 30 s and 10 s for it.
-# The compile step (issue 26: the Inductor hook against default and max-autotune) comes after verify: its
-# max-autotune rows are compile-bound (Inductor benchmarks ~20 template configs per GEMM), so it gets 50 s and the
-# rows run cheapest first. With the energy step (45 s, added by its own change) the steps need 95 s more: tune
-# (-10), e2e (-5) and decode (-5) gave up 20 s, and the whole run grows from 460 to 530 s (steps 520 s + env),
-# which still leaves a 600 s device call 70 s for the machine's start-up and the wheels.
-GPU_BUDGETS = {"tests": 100, "verify": 80, "compile": 50, "tune": 90, "predict": 20, "e2e": 50, "overhead": 15,
-               "decode": 55, "model": 15}  # fmt: skip
-DRY_BUDGETS = {"tests": 90, "verify": 60, "compile": 60, "tune": 25, "predict": 30, "e2e": 40, "overhead": 20,
-               "decode": 40, "model": 20}  # fmt: skip
+# The compile step (issue 26: the Inductor hook against default and max-autotune) and the energy step (issue 28:
+# NVML window repeatability, energy-optimal vs time-optimal, the decoder's J/token with the guard) come after
+# verify. compile's max-autotune rows are compile-bound (Inductor benchmarks ~20 template configs per GEMM), so it
+# gets 50 s and the rows run cheapest first; energy gets 45 s (about 8 shapes x 4 candidates x 3 windows of 0.25 s
+# plus the decoder rows). The two need 95 s more: tune (-10), e2e (-5) and decode (-5) gave up 20 s, and the whole
+# run grows from 460 to 530 s (steps 520 s + env), which still leaves a 600 s device call 70 s for the machine's
+# start-up and the wheels.
+GPU_BUDGETS = {"tests": 100, "verify": 80, "compile": 50, "energy": 45, "tune": 90, "predict": 20, "e2e": 50,
+               "overhead": 15, "decode": 55, "model": 15}  # fmt: skip
+DRY_BUDGETS = {"tests": 90, "verify": 60, "compile": 60, "energy": 40, "tune": 25, "predict": 30, "e2e": 40,
+               "overhead": 20, "decode": 40, "model": 20}  # fmt: skip
 GPU_TOTAL_S = 530
 # triton.autotune with its default benchmarking (25 ms warm-up + 100 ms per config) costs seconds per shape:
 # measured on the first few held-out shapes only.
 AUTOTUNE_SHAPES = 2
-DRY_TOTAL_S = 440
+DRY_TOTAL_S = 480
 
 
 # ---- 1 env --------------------------------------------------------------------------------------------
@@ -241,6 +248,7 @@ STEPS = {
     "tests": step_tests,
     "verify": step_verify,
     "compile": step_compile,
+    "energy": step_energy,
     "tune": step_tune,
     "predict": step_predict,
     "e2e": step_e2e,

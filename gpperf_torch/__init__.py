@@ -4,6 +4,7 @@ import gpperf_torch
 c = gpperf_torch.matmul(a, b)                 # tile config chosen by the predictor for this shape
 with gpperf_torch.objective("energy"):        # or "edp", "balanced", "power_cap:300"
     y = gpperf_torch.patch(model)(x)          # every nn.Linear goes through the op
+gpperf_torch.energy.measure(model, x)         # J per call, W, calls/s, clocks, throttling (NVML)
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ if not _os.path.isdir(_os.path.join(_here, "kernels")) and _os.path.isfile(
 ):
     __path__.append(_os.path.dirname(_here))
 
-from . import kernels, stats
+from . import energy, kernels, stats
 from .errors import ConfigError, DeviceMismatchError, DtypeError, ModelError, ShapeError
 from .kernels import TileConfig, candidate_space
 from .nn import Linear, patch, record_shapes, recording, unpatch
@@ -42,6 +43,7 @@ __all__ = [
     "ShapeError",
     "TileConfig",
     "candidate_space",
+    "energy",
     "explain",
     "flush",
     "format_warmup",

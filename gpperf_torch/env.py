@@ -15,6 +15,11 @@ used instead (the explicit API, `gpperf_torch.objective(...)` and `mode(...)`, s
 | GPPERF_VERIFY_MAX_SHAPES | shapes measured per process; later ones take the prediction | 512 |
 | GPPERF_VERIFY_BUCKETS | M buckets per octave that share a measured choice (0: every M apart) | 8 |
 | GPPERF_HOST_COST | 1/0 (as GPPERF_DISK_CACHE): add the eager per-call host cost in dispatch | 1 |
+| GPPERF_ENERGY_WINDOW_S | seconds per NVML energy window (energy objectives; check it on the device) | 0.2 |
+| GPPERF_ENERGY_REPEATS | energy windows per candidate, interleaved | 3 |
+| GPPERF_ENERGY_BUDGET_S | seconds of energy windows per shape | 4 |
+| GPPERF_ENERGY_MAX_SHAPES | shapes measured in energy per process; later ones take the prediction | 64 |
+| GPPERF_GUARD_BUDGET_MS | wall time of warmup's end-to-end guard (plain vs patched forward) | 500 |
 """
 
 from __future__ import annotations

@@ -119,3 +119,73 @@ def export_synthetic_model(folder, *, seed: int = 0, energy: bool = False):
     fitted = train.fit(dataset.from_rows(synthetic_rows(energy)), seed=seed, n_jobs=1, n_estimators=20)
     train.export(fitted, folder, {"provenance": "synthetic test data"})
     return folder
+
+
+# ---- a simulated GPU behind NVML's names (energy tests) ---------------------------------------------
+class FakeGpu:
+    """NVML's names for what the energy meters use, on a simulated clock: the total-energy counter integrates the
+    power of whatever ran and steps every `update_s`; SM clock, power limit and clock-event (throttle) mask are
+    settable. `run(seconds, watts)` is a kernel running; `sleep` idles. NVML's counter behaviour (steps, power
+    caps, throttling) cannot be produced on demand by real hardware, and CPU-only CI has no NVML at all."""
+
+    NVML_CLOCK_SM = 1
+    NVML_CLOCK_MEM = 2
+    NVML_TEMPERATURE_GPU = 0
+
+    def __init__(self, *, update_s: float = 0.02, idle_w: float = 60.0, has_counter: bool = True):
+        self.us = 0  # simulated time, integer microseconds (no float drift at counter steps)
+        self.update_us = round(update_s * 1e6)
+        self.idle_w = idle_w
+        self.has_counter = has_counter
+        self.energy_mj = 0.0  # exact
+        self.counter_mj = 0  # what NVML reports: the energy at the last update
+        self.sm_clock_mhz = 1980
+        self.power_limit_w = 700.0
+        self.throttle_mask = 0
+
+    def clock(self) -> float:
+        return self.us / 1e6
+
+    def run(self, seconds: float, watts: float) -> None:
+        left = max(1, round(seconds * 1e6))
+        while left > 0:
+            step = min(left, self.update_us - self.us % self.update_us)
+            self.energy_mj += watts * step / 1e3
+            self.us += step
+            left -= step
+            if self.us % self.update_us == 0:
+                self.counter_mj = int(self.energy_mj)
+
+    def sleep(self, seconds: float) -> None:
+        self.run(seconds, self.idle_w)
+
+    def meter(self):
+        from gpperf_torch.measure.energy import NvmlEnergyMeter
+
+        return NvmlEnergyMeter(self, "gpu0", clock=self.clock, sleep=self.sleep)
+
+    # pynvml's functions
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        if not self.has_counter:
+            raise RuntimeError("Not Supported")
+        return self.counter_mj
+
+    def nvmlDeviceGetPowerUsage(self, handle):
+        return int(self.idle_w * 1000)
+
+    def nvmlDeviceGetClockInfo(self, handle, which):
+        return {self.NVML_CLOCK_SM: self.sm_clock_mhz, self.NVML_CLOCK_MEM: 2619}[which]
+
+    def nvmlDeviceGetTemperature(self, handle, which):
+        return 50
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle):
+        return int(self.power_limit_w * 1000)
+
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, handle):
+        return self.throttle_mask
+
+
+def kernel_on(gpu: FakeGpu, seconds: float, watts: float):
+    """A zero-argument callable that 'runs' a kernel of `seconds` at `watts` on the fake GPU."""
+    return lambda: gpu.run(seconds, watts)

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 pytest.importorskip("skl2onnx", reason="the check trains a model: needs the [train] extra")
 
 
-@pytest.mark.timeout(460)
+@pytest.mark.timeout(500)
 def test_gpu_check_dry_run(tmp_path):
     env = dict(os.environ, TRITON_INTERPRET="1", GPPERF_DISK_CACHE="0")
     # this checkout's package, whichever one the environment has installed (as gpu_check.sh's shim does)
@@ -23,12 +23,13 @@ def test_gpu_check_dry_run(tmp_path):
     env.pop("OUT", None)
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks/gpu_check.py"), "--dry-run", "--out", str(tmp_path)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=450,
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=490,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     steps = summary["steps"]
-    assert list(steps) == ["env", "tests", "verify", "compile", "tune", "predict", "e2e", "overhead", "decode", "model"]
+    assert list(steps) == ["env", "tests", "verify", "compile", "energy", "tune", "predict", "e2e", "overhead",
+                           "decode", "model"]  # fmt: skip
     assert all(s["status"] == "ok" for s in steps.values()), {k: v.get("error") for k, v in steps.items()}
     assert steps["tests"]["result"]["passed"] > 0 and steps["tests"]["result"]["failures"] == 0
     assert steps["tune"]["result"]["rows_written"] > 0 and steps["tune"]["result"]["interpreted"]
@@ -61,11 +62,20 @@ def test_gpu_check_dry_run(tmp_path):
     done = [r for r in comp["rows"] if "steady_ms" in r]
     assert done and all(r["compile_s"] > 0 and r["max_abs_diff_vs_eager"] < 1e-3 for r in done), comp["rows"]
     assert not [r for r in comp["rows"] if "error" in r], comp["rows"]
+    en = steps["energy"]["result"]
+    assert en["interpreter"] and not en["counter"]["available"] and len(en["shapes"]) >= 2
+    for r in en["shapes"]:
+        assert len(r["candidates"]) >= 2 and r["time_opt"] in {c["config"] for c in r["candidates"]}, r
+        assert all(c["j"] is None for c in r["candidates"]) and r["saving"] is None  # no counter: n/a, never 0
+    dec_rows = {r["row"]: r for r in en["decoder"]["rows"]}
+    assert list(dec_rows) == ["plain", "time, guard", "energy, guard"]
+    assert all(r["tokens_per_s"] > 0 and r["j_per_token"] is None and r["energy_na"] for r in dec_rows.values())
     for name in ("summary.md", "tune.csv", "e2e.csv", "tests.xml", "model.onnx", "model.json"):
         assert (tmp_path / name).is_file(), name
     assert len(list(tmp_path.iterdir())) <= 8, "a device call brings back at most 8 files"
     md = (tmp_path / "summary.md").read_text()
     assert "| tune | ok |" in md and "held-out" in md
+    assert "| energy | ok |" in md and "| shape | candidates | time-opt |" in md and "decoder J/token" in md
     assert "| decode row | tokens/s |" in md and "INTERPRETER NUMBERS" in md
     assert "| model | plain ms | predict ms | verify ms |" in md and "noise check" in md
     assert "| model | config | compile s | steady ms | GEMMs on templates |" in md and "| compile | ok |" in md

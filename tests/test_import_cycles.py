@@ -113,7 +113,8 @@ def test_the_selection_path_is_one_way():
     assert "gpperf_torch.selection.selector" in graph["gpperf_torch.ops"]
 
 
-FRONT = ("gpperf_torch", "gpperf_torch.ops", "gpperf_torch.nn", "gpperf_torch.warmup", "gpperf_torch.stats")
+FRONT = ("gpperf_torch", "gpperf_torch.ops", "gpperf_torch.nn", "gpperf_torch.warmup", "gpperf_torch.stats",
+         "gpperf_torch.energy")  # fmt: skip
 BASICS = ("gpperf_torch.errors", "gpperf_torch.env", "gpperf_torch.paths", "gpperf_torch.once")
 ROOMS = ("cli", "inductor", "selection", "predictor", "policy", "measure", "tuning", "kernels")
 # What each room may import besides itself and the shared basics: the rooms below it (DESIGN.md).

@@ -73,11 +73,13 @@ def test_power_cap_nobody_fits_takes_lowest_power(fresh, model_dirs, caplog):
     assert ranked[0][0] == FRUGAL and "no config is predicted under" in caplog.text
 
 
-def test_energy_objective_on_time_only_model_names_the_fix(fresh, model_dirs):
+def test_energy_objective_on_time_only_model_takes_the_time_pick(fresh, model_dirs):
     st = _st(model_dirs["time"])
     assert selector.rank(st, _key())[0][0] == FAST
-    with pytest.raises(ValueError, match="gpperf-torch tune.*gpperf-torch train"):
-        selector.rank(st, _key(obj="energy"))
+    for obj in ("energy", "edp", "balanced:0.05"):  # issue 28: energy tracks time within a shape
+        assert selector.rank(st, _key(obj=obj))[0][0] == FAST
+    with pytest.raises(ValueError, match="gpperf-torch tune.*gpperf-torch train"):  # a cap is a constraint
+        selector.rank(st, _key(obj="power_cap:300"))
 
 
 def test_torch_is_a_candidate(fresh, model_dirs):
@@ -226,7 +228,9 @@ def test_cli_select_with_shipped_model(capsys, fresh):
     assert cli_main(["select", "64", "64", "64", "--gpu", "h100", "--json", "--top", "0"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["rank"] == 1 and len(rows) > 10
-    assert cli_main(["select", "64", "64", "64", "--gpu", "h100", "--objective", "energy"]) == 2
+    assert cli_main(["select", "64", "64", "64", "--gpu", "h100", "--objective", "energy"]) == 0
+    assert "objective=energy" in capsys.readouterr().out  # the time pick, said (tests/test_energy.py)
+    assert cli_main(["select", "64", "64", "64", "--gpu", "h100", "--objective", "power_cap:300"]) == 2
     assert "objective=" not in capsys.readouterr().out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .compile import compile_table
 from .decode import decode_table
+from .energy import energy_table
 from .verify import verify_table
 
 
@@ -92,6 +93,17 @@ def summary_markdown(s: dict, step_order: list[str]) -> str:
             by = [r for r in res.get("rows", []) if "steady_ms" in r]
             txt = ("CPU lowering (the hook defers); " if res.get("cpu_lowering") else "") + "; ".join(
                 f"{r['model']} {r['config']} {r['compile_s']:.1f} s / {r['steady_ms']:.3f} ms" for r in by)  # fmt: skip
+        elif name == "energy":
+            cn = res.get("counter", {})
+            dec = {r["row"]: r for r in (res.get("decoder") or {}).get("rows", []) if "tokens_per_s" in r}
+            rep, sav = res.get("repeatability_median"), res.get("saving_median")
+            txt = (("interpreter numbers; " if res.get("interpreter") else "")
+                   + ("counter, period " + _fmt(cn.get("update_period_s"), 4) + " s" if cn.get("available")
+                      else "energy n/a (no counter)")
+                   + f"; window repeatability {'n/a' if rep is None else f'{rep:.2%}'}, energy-opt saving median "
+                   f"{'n/a' if sav is None else f'{sav:.2%}'}; J/token "
+                   + ", ".join(f"{k} {'n/a' if v.get('j_per_token') is None else _fmt(v['j_per_token'], 4)}"
+                               for k, v in dec.items()))  # fmt: skip
         elif name == "env":
             txt = (
                 f"{env.get('sm_count', '-')} SMs, smem {env.get('max_shared_memory', '-')} B, energy counter "
@@ -132,5 +144,6 @@ def summary_markdown(s: dict, step_order: list[str]) -> str:
             )
     lines += verify_table(st.get("verify", {}).get("result") or {})
     lines += compile_table(st.get("compile", {}).get("result") or {})
+    lines += energy_table(st.get("energy", {}).get("result") or {})
     lines += decode_table(st.get("decode", {}).get("result") or {})
     return "\n".join(lines) + "\n"

@@ -106,6 +106,8 @@ def _cli_select(args) -> int:
         )
     print(f"({len(rows)} candidates; best first)")
     print(f"why: {first['why']}")
+    if "objective_note" in first:
+        print(f"note: {first['objective_note']}")
     if "triton_pick" in first:
         print(f"Triton pick weighed against torch.matmul: {first['triton_pick']}")
     pol = first["policy"]

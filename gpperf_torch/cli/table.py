@@ -49,7 +49,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
         return 0
     print(f"{len(entries)} entries in {', '.join(map(str, paths))}")
     print(f"{'gpu':24s} {'timed by':11s} {'torch/triton':18s} {'M':>11s} {'N':>6s} {'K':>6s} {'b':>3s} {'dtype':8s}"
-          f" {'lay':3s} {'choice':26s} {'gain':>6s} {'noise':>6s} measured (ms)")  # fmt: skip
+          f" {'lay':3s} {'objective':13s} {'choice':26s} {'gain':>6s} {'noise':>6s} measured (ms)")  # fmt: skip
     for k, e in ordered:
         f = dict(zip(table.KEY_FIELDS, k, strict=True))
         mr = f"{f['m_lo']}" if f["m_lo"] == f["m_hi"] else f"{f['m_lo']}-{f['m_hi']}"
@@ -60,7 +60,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
         versions = f["torch"].split("+")[0] + "/" + f["triton"]
         print(f"{gpu:24s} {'interpreter' if interp else 'gpu':11s} {versions:18s} {mr:>11s} {f['n']:6d}"
               f" {f['k']:6d} {f['batch']:3d} {f['dtype']:8s} {'nt'[f['a_trans']] + 'nt'[f['b_trans']]:3s}"
-              f" {e.choice:26s} {e.gain:6.3f} {e.noise:6.3f} {times}")  # fmt: skip
+              f" {f['objective']:13s} {e.choice:26s} {e.gain:6.3f} {e.noise:6.3f} {times}")  # fmt: skip
     print("(M* : M a multiple of 16; gain: cuBLAS's measured time over the choice's)")
     if any(table.is_interpreted(k[0]) for k in entries):
         print("(timed by interpreter: the Triton interpreter's CPU wall clock, not GPU times; never served to a GPU)")

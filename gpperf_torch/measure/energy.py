@@ -50,6 +50,8 @@ class EnergyMeter(Protocol):
 
     def conditions(self) -> dict[str, float | None]: ...
 
+    def throttle_reasons(self) -> list[str] | None: ...
+
 
 class NvmlEnergyMeter:
     """Energy from NVML's total-energy counter, differenced over a window aligned to counter updates.
@@ -74,6 +76,7 @@ class NvmlEnergyMeter:
         self._nvml = nvml
         self._handle = handle
         self._clock = clock
+        self.clock = clock  # what windows are timed with (callers size their batches on it)
         self._sleep = sleep
         self._max_window_factor = max_window_factor
         self._max_align_s = max_align_s
@@ -173,6 +176,29 @@ class NvmlEnergyMeter:
     def conditions(self) -> dict[str, float | None]:
         return nvml_conditions(self._nvml, self._handle)
 
+    def throttle_reasons(self) -> list[str] | None:
+        return throttle_reasons(self._nvml, self._handle)
+
+    def update_period_s(self, seconds: float = 0.5) -> float | None:
+        """The counter's update period, observed: the median interval between changes of the counter read in a
+        tight loop for `seconds` (None when it changed fewer than 3 times). Energy windows must be several of
+        these long; the period differs between GPUs and drivers (a few ms to ~100 ms), so it is measured on the
+        device (the GPU check's `energy` step records it), never assumed."""
+        if not self.available:
+            return None
+        clock = self._clock
+        t_end = clock() + seconds
+        last, changes = self._read(), []
+        while clock() < t_end:
+            e = self._read()
+            if e != last:
+                changes.append(clock())
+                last = e
+            else:
+                self._sleep(0.0005)
+        gaps = sorted(b - a for a, b in zip(changes, changes[1:], strict=False))
+        return gaps[len(gaps) // 2] if len(gaps) >= 2 else None
+
 
 class NullEnergyMeter:
     """No NVML at all (the interpreter, a machine without the driver library)."""
@@ -197,6 +223,12 @@ class NullEnergyMeter:
     def conditions(self) -> dict[str, float | None]:
         return {"sm_clock_mhz": None, "mem_clock_mhz": None, "temp_c": None, "power_limit_w": None}
 
+    def throttle_reasons(self) -> list[str] | None:
+        return None
+
+    def update_period_s(self, seconds: float = 0.5) -> float | None:
+        return None
+
 
 def _field_value(v: Any) -> float:
     # nvmlValueType_t: 0 double, 1 uint, 2 ulong, 3 ulonglong, 4 slonglong, 5 sint
@@ -220,6 +252,45 @@ def nvml_conditions(nvml: Any, handle: Any) -> dict[str, float | None]:
         "temp_c": get(lambda: nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)),
         "power_limit_w": get(lambda: nvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000.0),
     }
+
+
+# NVML's clock event ("throttle") reasons, by bit (nvmlClocksThrottleReason* / nvmlClocksEventReason*). Idle and
+# the application-clock setting are not throttling: they are left out of `throttle_reasons`.
+THROTTLE_BITS = {
+    0x4: "sw_power_cap",
+    0x8: "hw_slowdown",
+    0x10: "sync_boost",
+    0x20: "sw_thermal",
+    0x40: "hw_thermal",
+    0x80: "hw_power_brake",
+    0x100: "display_clock",
+}
+NOT_THROTTLING = 0x1 | 0x2  # GPU idle, applications clocks setting
+
+
+def decode_throttle(mask: int) -> list[str]:
+    """The names of the throttle reasons set in an NVML clock-event mask (idle and app clocks left out);
+    unknown bits are named by their value, never dropped."""
+    mask = int(mask) & ~NOT_THROTTLING
+    out = [name for bit, name in THROTTLE_BITS.items() if mask & bit]
+    rest = mask & ~sum(THROTTLE_BITS)
+    if rest:
+        out.append(f"0x{rest:x}")
+    return out
+
+
+def throttle_reasons(nvml: Any, handle: Any) -> list[str] | None:
+    """The clock event reasons active now ([] none; None where NVML refuses to say): a sample, so callers read it
+    at the end of each measurement window."""
+    for name in ("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"):
+        fn = getattr(nvml, name, None)
+        if fn is None:
+            continue
+        try:
+            return decode_throttle(fn(handle))
+        except Exception as e:
+            logger.debug("%s failed: %s", name, e)
+    return None
 
 
 def open_nvml(device_index: int = 0) -> tuple[Any, Any] | None:
@@ -280,8 +351,10 @@ __all__ = [
     "NullEnergyMeter",
     "NvmlEnergyMeter",
     "counter_delta_mj",
+    "decode_throttle",
     "driver_version",
     "nvml_conditions",
     "open_energy_meter",
     "open_nvml",
+    "throttle_reasons",
 ]

@@ -14,6 +14,7 @@ import torch
 from .. import kernels
 from ..measure.device import device_for
 from ..policy import verify_policy
+from ..policy.energy_policy import ENERGY_OBJECTIVES, energy_candidates
 from . import table
 from .objectives import current_objective, parse_objective
 from .ranking import TORCH, measured_head, ranked_rows, score
@@ -67,6 +68,9 @@ def explain(
         }
         if i == 0:
             row["why"] = decision.reason if decision is not None else f"best predicted {obj}"
+            if s.fallback:  # an energy objective answered with the time pick: say so, and why
+                row["why"] = f"the time pick (objective {obj}, no predicted energy): {row['why']}"
+                row["objective_note"] = s.fallback
             if decision is not None and decision.torch_index is not None and decision.triton_index is not None:
                 row.update(
                     triton_pick=rows[0 if decision.index == decision.triton_index else 1][0].key,
@@ -76,11 +80,16 @@ def explain(
             if decision is not None and decision.guard:
                 row["guard"] = decision.guard
             row["policy"] = {**st.policy.as_dict(), "host_source": st.policy.host_source}
-            if obj.name == "time":
+            if obj.name in ("time", *ENERGY_OBJECTIVES):
                 vp = verify_policy.default_policy()
-                row["verify_candidates"] = [TORCH if c is None else c.key for c in measured_head(s, vp)]
+                cands = measured_head(s, vp)
+                if obj.name in ENERGY_OBJECTIVES:
+                    idx = [s.cands.index(c) for c in cands if c in s.cands]
+                    more = energy_candidates(idx, s.preds.get("energy_j"), s.is_torch, vp.top_k)
+                    cands += [s.cands[j] for j in more if s.cands[j] not in cands]
+                row["verify_candidates"] = [TORCH if c is None else c.key for c in cands]
                 row["verify_policy"] = vp.as_dict()
-                entry = table.for_device(st.info).lookup(key)
+                entry = table.for_device(st.info).lookup(key, objective=str(obj))
                 if entry is not None:
                     row["measured"] = entry.as_dict()
         out.append(row)

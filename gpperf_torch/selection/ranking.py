@@ -21,6 +21,7 @@ from ..measure.device import DeviceInfo
 from ..once import WarnOnce
 from ..policy import verify_policy
 from ..policy.dispatch import Decision, decide, k_ratio, padded_work, unaligned_transposed
+from ..policy.energy_policy import ENERGY_OBJECTIVES
 from ..predictor.analytic import CUBLAS, analytic_time_ms
 from ..predictor.features import config_matrix
 from .objectives import Objective, parse_objective
@@ -73,27 +74,52 @@ class Scored:
     is_torch: np.ndarray  # (n,) bool
     decision: Decision | None = None  # dispatch.decide's, for the time objective
     gain_sd: float | None = None  # without trees (the analytic rule): the calibrated spread of the log gain
+    fallback: str = ""  # why an energy objective took the time pick ('' when it did not)
+
+
+def time_fallback_reason(obj: Objective, st) -> str:
+    """Why an energy objective is answered with the time pick for this state's model ('' when it is not): the model
+    (or the analytic rule) predicts no energy. Energy tracks time within a shape on measured data, so the fastest
+    is the best guess (docs/energy.md)."""
+    if obj.name not in ENERGY_OBJECTIVES:
+        return ""
+    have = st.model.targets if st.model is not None else ("time_ms",)
+    missing = [t for t in obj.needs if t not in have]
+    if not missing:
+        return ""
+    what = f"the model {st.model.path}" if st.model is not None else "the analytic rule (no model for this GPU)"
+    return (
+        f"{what} predicts time only, so objective {obj} takes the time pick: energy tracks time within a shape "
+        "(R^2 0.994 on the public Ada sweep, docs/energy.md). Measured energy: verify mode or gp.warmup on a GPU "
+        "with NVML; predicted energy: a model trained on energy (`gpperf-torch tune` on the GPU, then `train`)"
+    )
 
 
 def score(st, key: tuple) -> Scored:
     """Every valid candidate of `key` with its predicted targets; for the time objective, the dispatch decision."""
     m, n, k, batch, dtype, a_t, b_t, tf32, obj_s = key
     obj = parse_objective(obj_s)
+    fallback = time_fallback_reason(obj, st)
+    if fallback:
+        _warn_once(f"time-fallback:{obj}:{st.model_hash}", "gpperf: %s", fallback)
+        obj = Objective("time")
     launch = (m, n, k, a_t, b_t, tf32)
     cands = valid_candidates(st, dtype, launch)
     entry = st.valid_matrix.get(kernels_facts.class_key(dtype, *launch))
     matrix = entry[1] if entry is not None and entry[0] is cands else config_matrix(cands)
     dev = None
+    have = st.model.targets if st.model is not None else ("time_ms",)
+    missing = [t for t in obj.needs if t not in have]
+    if missing:  # power_cap without predicted power: a cap is a constraint, the time pick does not honour it
+        where = f"the model for {st.info.name} ({st.model.path})" if st.model else "the analytic rule"
+        raise ValueError(
+            f"objective {obj} needs predicted {', '.join(missing)}, but {where} predicts only {', '.join(have)}. "
+            "Measure power on the GPU with `gpperf-torch tune` (NVML) and `gpperf-torch train`, or use another "
+            "objective"
+        )
     if st.model is None:
         preds = {"time_ms": analytic_time_ms(m * batch, n, k, dtype, cands, st.info)}
     else:
-        missing = [t for t in obj.needs if t not in st.model.targets]
-        if missing:
-            raise ValueError(
-                f"objective {obj} needs predicted {', '.join(missing)}, but the model for {st.info.name} "
-                f"({st.model.path}) predicts only {', '.join(st.model.targets)}. Measure energy on the GPU with "
-                "`gpperf-torch tune` (NVML) and `gpperf-torch train`, or use objective='time'"
-            )
         # Batched GEMMs are scored as one GEMM of batch*M rows (same tiles and waves; see DESIGN's key).
         preds, dev = st.model.predict_trees(m * batch, n, k, dtype, a_t, b_t, tf32=tf32, cfgs=matrix, device=st.info)
     is_torch = np.array([c is None for c in cands])
@@ -106,7 +132,7 @@ def score(st, key: tuple) -> Scored:
                           unaligned=bool(unaligned_transposed(m, n, k, a_t, b_t)),
                           k_ratio=float(k_ratio(m * batch, n, k)), k_ratio_max=kmax,
                           gain_sd=gain_sd)  # fmt: skip
-    return Scored(cands, preds, dev, host, is_torch, decision, gain_sd)
+    return Scored(cands, preds, dev, host, is_torch, decision, gain_sd, fallback)
 
 
 def measured_head(s: Scored, policy) -> list[TileConfig | None]:
@@ -188,5 +214,6 @@ __all__ = [
     "rank",
     "rank_with_decision",
     "score",
+    "time_fallback_reason",
     "valid_candidates",
 ]

@@ -9,6 +9,9 @@ build and one dict lookup (about a microsecond). A first sight:
   (verify.py), the fastest kept, and added to the table; never inside a CUDA-graph capture or a trace, never
   past the per-process cap, never with a read-only table (GPPERF_TABLE): the prediction then;
 - `exhaustive`: every valid candidate measured.
+Under an energy objective (energy, edp, balanced[:slack]) a measured first sight also measures joules in NVML
+windows (energy_verify.py) and keeps the fastest unless a frugal-looking candidate saves beyond the noise; the
+verified table keeps it under that objective. Without a counter it keeps the time pick (and says so).
 
 The data flows one way: ops -> selector -> (objectives, state, ranking, verify, table, policy), and none of
 those imports this module (tests/test_import_cycles.py).
@@ -25,7 +28,8 @@ import torch
 from .. import kernels
 from ..kernels import TileConfig
 from ..policy import verify_policy
-from . import table, verify
+from ..policy.energy_policy import ENERGY_OBJECTIVES, energy_candidates
+from . import energy_verify, table, verify
 from .objectives import MEASURED_MODES, _env, _mode_var, _objective_var, current_mode, parse_objective
 from .objectives import reload_env as _reload_objectives_env
 from .ranking import TORCH, measured_head, rank, score
@@ -66,6 +70,7 @@ def reset() -> None:
     _reset_state()
     table.reset()
     verify.reset_stats()
+    energy_verify.reset_stats()
     reload_env()
 
 
@@ -142,16 +147,17 @@ def _fallback(st, key: tuple, mkey: tuple | None, reason: str) -> TileConfig | N
 
 def _measured(st, key: tuple, mkey: tuple, md: str, a: torch.Tensor, b: torch.Tensor) -> TileConfig | None:
     """First sight in a measured mode: the verified table's choice, else a measurement, else the prediction."""
-    if parse_objective(key[-1]).name != "time":
-        _warn_once(f"verify-obj:{key[-1]}", "gpperf: %s mode measures runtime only; objective %s uses the prediction",
-                   md, key[-1])  # fmt: skip
-        return _fallback(st, key, mkey, "objective other than time")
+    obj = parse_objective(key[-1])
+    if obj.name not in ("time", *ENERGY_OBJECTIVES):
+        _warn_once(f"verify-obj:{key[-1]}", "gpperf: %s mode measures time and energy, not power; objective %s uses "
+                   "the prediction", md, key[-1])  # fmt: skip
+        return _fallback(st, key, mkey, f"objective {obj.name}")
     why = verify.cannot_measure(a) or ("while torch.jit traces" if _in_trace() else "")
     if why:
         return _fallback(st, key, None, why)  # not remembered as measured: the next eager call measures
     tbl = table.for_device(st.info)
     steps = verify.bucket_steps()
-    entry = tbl.lookup(key[:8], steps)
+    entry = tbl.lookup(key[:8], steps, objective=str(obj))
     if entry is not None and (md == "verify" or entry.mode == md):
         cfg = None if entry.choice == TORCH else TileConfig.from_key(entry.choice)
         if cfg in st.valid_for(key):
@@ -165,28 +171,48 @@ def _measured(st, key: tuple, mkey: tuple, md: str, a: torch.Tensor, b: torch.Te
         _warn_once("verify-cap", "gpperf: %d shapes measured in this process (GPPERF_VERIFY_MAX_SHAPES); new shapes "
                    "take the prediction from now on", cap)  # fmt: skip
         return _fallback(st, key, mkey, "per-process cap reached")
+    if obj.name in ENERGY_OBJECTIVES and energy_verify.stats.shapes >= energy_verify.max_shapes():
+        _warn_once("energy-cap", "gpperf: %d shapes measured in energy in this process (GPPERF_ENERGY_MAX_SHAPES); "
+                   "new shapes take the prediction from now on", energy_verify.max_shapes())  # fmt: skip
+        return _fallback(st, key, mkey, "per-process energy cap reached")
     return measure(st, key, a, b, md).choice
 
 
 def measured_candidates(st, key: tuple, md: str) -> tuple[list[TileConfig | None], verify_policy.VerifyPolicy]:
     """The candidates a first sight of `key` measures in mode `md` (cuBLAS always first) and the policy."""
     policy = verify_policy.parse("exhaustive") if md == "exhaustive" else verify_policy.default_policy()
-    return measured_head(score(st, key), policy), policy
+    s = score(st, key)
+    cands = measured_head(s, policy)
+    if parse_objective(key[-1]).name in ENERGY_OBJECTIVES and not policy.exhaustive:
+        # cuBLAS + the time rule's candidates + the top-k by predicted energy (where the model predicts it)
+        idx = [s.cands.index(c) for c in cands if c in s.cands]
+        more = energy_candidates(idx, s.preds.get("energy_j"), s.is_torch, policy.top_k)
+        cands += [s.cands[i] for i in more if s.cands[i] not in cands]
+    return cands, policy
 
 
 def measure(st, key: tuple, a: torch.Tensor, b: torch.Tensor, md: str = "verify", *, source: str = "") -> verify.Result:
     """Measure the candidates of `key` on (a, b), record the result (this process's memo for mode `md`, the table,
     the CSV, the stats) and return it."""
     cands, policy = measured_candidates(st, key, md)
-    res = verify.measure_candidates(a, b, cands, policy, max_shared_memory=st.info.max_shared_memory,
-                                    host_ms=st.policy.host_ms)  # fmt: skip
+    obj = parse_objective(key[-1])
+    if obj.name in ENERGY_OBJECTIVES:
+        res = energy_verify.measure_energy(a, b, cands, obj, policy, max_shared_memory=st.info.max_shared_memory,
+                                           host_ms=st.policy.host_ms)  # fmt: skip
+        if not res.energy.get("available"):
+            _warn_once(f"no-counter:{st.info.name}", "gpperf: objective %s in %s mode: %s", obj, md,
+                       res.energy.get("reason"))  # fmt: skip
+    else:
+        res = verify.measure_candidates(a, b, cands, policy, max_shared_memory=st.info.max_shared_memory,
+                                        host_ms=st.policy.host_ms)  # fmt: skip
     verify.record(res)
     st.memory[_memo_key(key, md)] = res.choice
     tbl = table.for_device(st.info)
     if not tbl.read_only and res.times_ms:
         entry = table.Entry(choice=res.choice_key, m=int(key[0]), times_ms=dict(res.times_ms), noise=res.noise,
-                            margin=res.margin, rounds=res.rounds, mode=source or md)  # fmt: skip
-        tbl.add(verify_policy.bucket_key(key[:8], verify.bucket_steps()), entry)
+                            margin=res.margin, rounds=res.rounds, mode=source or md,
+                            energy=dict(getattr(res, "energy", None) or {}))  # fmt: skip
+        tbl.add((*verify_policy.bucket_key(key[:8], verify.bucket_steps()), str(obj)), entry)
     verify.append_rows(st.info, key, res)
     return res
 
@@ -195,10 +221,8 @@ def replace_choice(
     a: torch.Tensor, b: torch.Tensor, objective: str | None, cfg: TileConfig | None, *, reason: str = ""
 ) -> None:
     """Remember `cfg` (None: torch.matmul) for this GEMM in every mode, e.g. after the chosen config failed."""
-    st = _state(a.device)
     key = _key(a, b, objective)
-    for mkey in (key, *(_memo_key(key, md) for md in MEASURED_MODES)):
-        st.memory[mkey] = cfg
+    replace_key(_state(a.device), key, cfg)
     if reason:
         _warn_once(f"replaced:{key}", "gpperf: %s; using %s for this shape", reason, cfg or "torch.matmul")
 
@@ -215,6 +239,12 @@ def triton_pick(a: torch.Tensor, b: torch.Tensor, objective: str | None = None) 
     except ValueError:
         ranked = rank(st, (*key[:-1], "time"))
     return next((cfg for cfg, _ in ranked if cfg is not None), None)
+
+
+def replace_key(st, key: tuple, cfg: TileConfig | None) -> None:
+    """Remember `cfg` (None: torch.matmul) for the selection key `key` in every mode (warmup's guard)."""
+    for mkey in (key, *(_memo_key(key, md) for md in MEASURED_MODES)):
+        st.memory[mkey] = cfg
 
 
 UNSEEN = object()  # `cached_choice`'s answer for a GEMM this process has not selected a config for
@@ -236,8 +266,9 @@ def cached_choice(a: torch.Tensor, b: torch.Tensor, objective: str | None) -> Ti
 
 def verify_stats() -> dict:
     """What measuring has cost this process: shapes measured, candidates, compiles and their seconds, timed ms,
-    failures, table hits, and first sights that took the prediction (by reason)."""
-    return verify.stats.as_dict()
+    failures, table hits, and first sights that took the prediction (by reason); `energy`: shapes measured in
+    energy windows, windows, their seconds, and energy first sights without a counter."""
+    return {**verify.stats.as_dict(), "energy": energy_verify.stats.as_dict()}
 
 
 def flush() -> None:

@@ -1,8 +1,11 @@
 """The verified table: measured choices that persist and travel, one JSON file per device.
 
 Each entry is one measured GEMM bucket (verify_policy.bucket_key: an M range, M's alignment, N, K, batch, dtype,
-layout, TF32) on one GPU (name, compute capability, SM count) under one torch and one triton version, with its
-choice ("torch" or a config key) and the evidence (median times of every candidate, noise, margin, rounds).
+layout, TF32) under one objective (time, energy, edp, balanced:<slack>) on one GPU (name, compute capability, SM
+count) under one torch and one triton version, with its choice ("torch" or a config key) and the evidence (median
+times of every candidate, noise, margin, rounds; for the energy objectives also `energy`: J, W and ms per
+candidate from NVML windows, their paired noise, the window length used, SM clock, power limit and throttle
+reasons such as the power cap). A bucket key without an objective is a time key (format version 1 had none).
 Lookups match the whole identity: an entry measured on another GPU or with other library versions is never used.
 
 It is kept apart from the prediction cache (select_cache.py, keyed by the model): a retrained model does not
@@ -42,11 +45,14 @@ from ..policy.verify_policy import bucket_key, bucket_steps_from_env, gain_over_
 logger = logging.getLogger(__name__)
 
 FORMAT = "gpperf-verified-table"
-VERSION = 1
+# Version 2 keys entries by objective too. Version 1 files (time only) are read as time entries; a reader of
+# version 1 refuses version 2 files whole (it would take an energy entry for a time one).
+VERSION = 2
+READS = (1, 2)
 # What an entry is keyed by, in order: the device and library identity, then the GEMM bucket.
 IDENTITY_FIELDS = ("gpu", "capability", "sm_count", "torch", "triton")
 BUCKET_FIELDS = ("m_lo", "m_hi", "m16", "n", "k", "batch", "dtype", "a_trans", "b_trans", "tf32")
-KEY_FIELDS = IDENTITY_FIELDS + BUCKET_FIELDS
+KEY_FIELDS = IDENTITY_FIELDS + BUCKET_FIELDS + ("objective",)
 _warn_once = WarnOnce(logger)
 _warned = _warn_once.seen  # tests clear it
 
@@ -91,8 +97,9 @@ class Entry:
     noise: float = math.nan
     margin: float = math.nan
     rounds: int = 0
-    mode: str = "verify"  # verify | exhaustive | warmup
+    mode: str = "verify"  # verify | exhaustive | warmup | guard (reverted to cuBLAS by warmup's guard)
     measured_at: str = ""
+    energy: dict = field(default_factory=dict)  # energy objectives: the windows' evidence (module docstring)
 
     @property
     def gain(self) -> float:
@@ -112,7 +119,27 @@ def _entry_record(key: tuple, e: Entry) -> dict:
     rec = dict(zip(KEY_FIELDS, key, strict=True))
     rec.update(choice=e.choice, m=e.m, times_ms=e.times_ms, noise=_finite_or_none(e.noise),
                margin=_finite_or_none(e.margin), rounds=e.rounds, mode=e.mode, measured_at=e.measured_at)  # fmt: skip
+    if e.energy:
+        rec["energy"] = _json_safe(e.energy)
     return rec
+
+
+def _json_safe(x):
+    """inf / nan (a noise with too few rounds) as None: JSON has no such numbers."""
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, float):
+        return _finite_or_none(x)
+    return x
+
+
+def with_objective(key: tuple, objective: str = "time") -> tuple:
+    """A table key with its objective: a bucket key (or identity + bucket key) without one gets `objective`."""
+    if len(key) in (len(BUCKET_FIELDS), len(IDENTITY_FIELDS) + len(BUCKET_FIELDS)):
+        return (*key, objective)
+    return tuple(key)
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -123,6 +150,7 @@ def _parse_record(rec: object) -> tuple[tuple, Entry]:
     """One JSON entry -> (key, Entry); ValueError saying what is wrong."""
     if not isinstance(rec, dict):
         raise ValueError(f"an entry is a {type(rec).__name__}, not an object")
+    rec = {"objective": "time", **rec}  # version 1 entries: time
     missing = [f for f in (*KEY_FIELDS, "choice", "m") if f not in rec]
     if missing:
         raise ValueError(f"entry lacks {', '.join(missing)}")
@@ -133,13 +161,16 @@ def _parse_record(rec: object) -> tuple[tuple, Entry]:
     for f in ("m16", "a_trans", "b_trans", "tf32"):
         if not isinstance(rec[f], bool):
             raise ValueError(f"entry field {f}={rec[f]!r} is not true/false")
-    for f in ("gpu", "capability", "torch", "triton", "dtype", "choice"):
+    for f in ("gpu", "capability", "torch", "triton", "dtype", "choice", "objective"):
         if not isinstance(rec[f], str) or not rec[f]:
             raise ValueError(f"entry field {f}={rec[f]!r} is not a string")
     if rec["choice"] != TORCH:
         from ..kernels import TileConfig
 
         TileConfig.from_key(rec["choice"])  # ValueError for a malformed key
+    energy = rec.get("energy") or {}
+    if not isinstance(energy, dict):
+        raise ValueError("energy must be an object")
     times = rec.get("times_ms") or {}
     if not isinstance(times, dict) or not all(isinstance(v, (int, float)) for v in times.values()):
         raise ValueError("times_ms must map candidate keys to milliseconds")
@@ -149,7 +180,7 @@ def _parse_record(rec: object) -> tuple[tuple, Entry]:
         noise=float(rec["noise"]) if isinstance(rec.get("noise"), (int, float)) else math.nan,
         margin=float(rec["margin"]) if isinstance(rec.get("margin"), (int, float)) else math.nan,
         rounds=int(rec.get("rounds") or 0), mode=str(rec.get("mode") or "verify"),
-        measured_at=str(rec.get("measured_at") or ""),
+        measured_at=str(rec.get("measured_at") or ""), energy=energy,
     )  # fmt: skip
     return key, entry
 
@@ -161,8 +192,8 @@ def read_file(path: Path) -> tuple[dict[tuple, Entry], int, str]:
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         got = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
         raise ValueError(f"not a gpperf verified table (format {got!r}, expected {FORMAT!r})")
-    if raw.get("version") != VERSION:
-        raise ValueError(f"table format version {raw.get('version')!r}, this gpperf reads {VERSION}")
+    if raw.get("version") not in READS:
+        raise ValueError(f"table format version {raw.get('version')!r}, this gpperf reads {READS}")
     recs = raw.get("entries")
     if not isinstance(recs, list):
         raise ValueError("'entries' is not a list")
@@ -202,6 +233,7 @@ def write_file(path: Path, entries: dict[tuple, Entry], *, merge: bool = True) -
                 logger.warning("gpperf: the verified table %s could not be read (%s); kept as %s, and a new table "
                                "written in its place", path, e, backup)  # fmt: skip
         for key, e in entries.items():
+            key = with_objective(key)
             merged[key] = newer(merged.get(key), e)
         doc = {"format": FORMAT, "version": VERSION, "written_at": _now(),
                "entries": [_entry_record(k, merged[k]) for k in sorted(merged, key=sort_key)]}  # fmt: skip
@@ -273,15 +305,17 @@ class VerifiedTable:
                    f" {self.identity[0]} (sm {self.identity[1]}, {self.identity[2]} SMs)")  # fmt: skip
         _warn_once(f"foreign:{self.path}", "gpperf: not using the verified table %s: %s", self.path, why)
 
-    def lookup(self, key: tuple, steps: int | None = None) -> Entry | None:
-        """The entry of a selection key's bucket on this device and these versions, or None."""
+    def lookup(self, key: tuple, steps: int | None = None, objective: str = "time") -> Entry | None:
+        """The entry of a selection key's bucket under `objective` on this device and these versions, or None."""
         entries = self._load()
         if not entries:
             return None
-        return entries.get(bucket_key(key, bucket_steps_from_env() if steps is None else steps))
+        return entries.get((*bucket_key(key, bucket_steps_from_env() if steps is None else steps), objective))
 
     def add(self, bkey: tuple, entry: Entry) -> None:
-        """Remember a measured bucket (in memory at once; on disk at the next flush)."""
+        """Remember a measured bucket (in memory at once; on disk at the next flush). `bkey`: a bucket key with its
+        objective (without one: time)."""
+        bkey = with_objective(bkey)
         if self.read_only:
             raise ValueError(f"the verified table {self.path} is read-only (GPPERF_TABLE): nothing is added to it")
         if not entry.measured_at:
@@ -374,5 +408,6 @@ __all__ = [
     "is_interpreted",
     "read_file",
     "reset",
+    "with_objective",
     "write_file",
 ]

@@ -74,12 +74,25 @@ def cannot_measure(a: torch.Tensor) -> str:
     running them, and a trace (torch.compile, torch.jit, fake tensors) has no real operands."""
     if a.is_cuda and torch.cuda.is_current_stream_capturing():
         return "inside a CUDA graph capture"
+    why = cannot_measure_now(cuda=False)
+    if why:
+        return why
+    if type(a) is not torch.Tensor and not isinstance(a, torch.nn.Parameter):
+        return f"on a {type(a).__name__} (not a plain tensor)"
+    return ""
+
+
+def cannot_measure_now(cuda: bool | None = None) -> str:
+    """cannot_measure without operands (gp.energy.measure, warmup's guard): a capture on the current CUDA stream
+    (checked where CUDA is initialised, or `cuda`), torch.compile or torch.jit tracing."""
+    if cuda is None:
+        cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    if cuda and torch.cuda.is_current_stream_capturing():
+        return "inside a CUDA graph capture"
     if torch.compiler.is_compiling():
         return "while torch.compile traces"
     if torch.jit.is_tracing():
         return "while torch.jit traces"
-    if type(a) is not torch.Tensor and not isinstance(a, torch.nn.Parameter):
-        return f"on a {type(a).__name__} (not a plain tensor)"
     return ""
 
 
@@ -270,11 +283,21 @@ def append_rows(info: DeviceInfo, key: tuple, result: Result) -> None:
                                n_reps=len(result.samples.get(ckey, ())))  # fmt: skip
                     if t > 0:
                         row["tflops"] = 2.0 * m * batch * n * k / (t * 1e-3) / 1e12
+                    row.update(_energy_columns(getattr(result, "energy", None) or {}, ckey))
                 w.write({c: row.get(c) for c in COLUMNS})
     except DatasetLockedError as e:
         logger.info("verify: measurements not saved to %s (%s)", path, e)
     except (OSError, ValueError) as e:
         cannot_write(path, e)
+
+
+def _energy_columns(energy: dict, ckey: str) -> dict:
+    """The tuning schema's energy columns of one candidate from an energy measurement's record (empty: none)."""
+    j = (energy.get("j") or {}).get(ckey)
+    if j is None:
+        return {}
+    return {"energy_j": j, "power_w": (energy.get("w") or {}).get(ckey), "energy_window_s": energy.get("window_s"),
+            "sm_clock_mhz": energy.get("sm_clock_mhz"), "power_limit_w": energy.get("power_limit_w")}  # fmt: skip
 
 
 __all__ = [
@@ -284,6 +307,7 @@ __all__ = [
     "budget_ms",
     "bucket_steps",
     "cannot_measure",
+    "cannot_measure_now",
     "dataset_path",
     "max_shapes",
     "measure_candidates",
