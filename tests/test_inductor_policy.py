@@ -15,7 +15,7 @@ import pytest
 
 import gpperf_torch as gp
 from gpperf_torch.cli.main import main as cli_main
-from gpperf_torch.errors import ModelError
+from gpperf_torch.errors import ModelError, UserError
 from gpperf_torch.inductor import costs, templates
 from gpperf_torch.inductor.policy import GemmSpec, explain, offered_keys, plan, template_key
 from gpperf_torch.measure.device import known_device
@@ -167,8 +167,23 @@ def test_plan_refuses_bad_arguments(fresh_selector):
         plan(spec, mode="exhaustive", offered=[], gpu="h100")
     with pytest.raises(ValueError, match="top_k must be an int"):
         plan(spec, top_k=-1, offered=[], gpu="h100")
-    with pytest.raises(ValueError, match="needs predicted energy_j"):
-        plan(spec, objective="energy", offered=[], gpu="h100")
+    with pytest.raises(UserError, match="needs predicted power_w"):
+        plan(spec, objective="power_cap:300", offered=[], gpu="h100")
+
+
+@pytest.mark.parametrize("objective", ["energy", "edp", "balanced:0.05"])
+def test_energy_objectives_take_the_time_pick_as_the_op_does(fresh_selector, inductor_offers, objective):
+    """The shipped models predict time only: an energy objective gets the time objective's choice and says why,
+    on the compile path exactly as on the op path (selection.ranking.objective_for)."""
+    spec = GemmSpec(4096, 4096, 4096, "float16")
+    timed = plan(spec, mode="verify", objective="time", gpu="h100")
+    rows = plan(spec, mode="verify", objective=objective, gpu="h100")
+    assert [r["config"] for r in rows] == [r["config"] for r in timed]
+    assert rows[0]["verify_candidates"] == timed[0]["verify_candidates"]
+    assert rows[0]["objective"] == objective and "time pick" in rows[0]["why"]
+    assert "predicts time only" in rows[0]["objective_note"]
+    op_first = explain_op(4096, 4096, 4096, gpu="h100", objective=objective)[0]
+    assert "objective_note" in op_first
 
 
 def test_a_gpu_without_a_model_defers_to_inductor(fresh_selector):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from ..errors import UserError
 from ..kernels import elem_size
 from ..measure.device import DeviceInfo
 from ..policy.dispatch import NO_HOST_COST, Policy
@@ -38,7 +39,7 @@ UNFUSED_BY_CUBLAS = ("act", "bias_act")  # the epilogues that cost the extern on
 
 def check_epilogue(epilogue: str | None) -> str | None:
     if epilogue not in EPILOGUES:
-        raise ValueError(f"epilogue must be one of {EPILOGUES} (None: a plain mm), got {epilogue!r}")
+        raise UserError(f"epilogue must be one of {EPILOGUES} (None: a plain mm), got {epilogue!r}")
     return epilogue
 
 

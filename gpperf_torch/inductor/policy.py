@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from .. import kernels
-from ..errors import ModelError
+from ..errors import ModelError, UserError
 from ..kernels import TileConfig, check_config, elem_size
 from ..kernels.configs import mma_family
 from ..measure.device import DeviceInfo, device_for
@@ -47,7 +47,7 @@ from ..policy import verify_policy
 from ..policy.dispatch import Decision, Policy, decide, k_ratio, padded_work, unaligned_transposed
 from ..predictor.features import config_matrix
 from ..selection.objectives import current_objective, parse_objective
-from ..selection.ranking import TORCH, Scored, ranked_rows
+from ..selection.ranking import TORCH, Scored, objective_for, ranked_rows
 from ..selection.state import default_device, state, state_for_info
 from . import templates
 from .costs import check_epilogue, compile_policy, unfused_epilogue_ms
@@ -82,11 +82,11 @@ class GemmSpec:
         for name in ("m", "n", "k", "batch"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"GemmSpec.{name} must be a positive int, got {v!r}")
+                raise UserError(f"GemmSpec.{name} must be a positive int, got {v!r}")
         dtype = str(self.dtype).replace("torch.", "")
         dtype = DTYPE_ALIASES.get(dtype, dtype)
         if dtype not in DTYPES:
-            raise ValueError(f"GemmSpec.dtype must be one of {DTYPES} (fp16, bf16, fp32), got {self.dtype!r}")
+            raise UserError(f"GemmSpec.dtype must be one of {DTYPES} (fp16, bf16, fp32), got {self.dtype!r}")
         object.__setattr__(self, "dtype", dtype)
         check_epilogue(self.epilogue)
 
@@ -181,17 +181,19 @@ def plan(
     mode: "predict" | "verify" (recorded in the first row; the ranking is the same: the hook keeps the first row
     in predict mode, `verify_candidates` in verify mode). top_k: at most that many templates among
     verify_candidates. offered: the template keys Inductor offers (None: offered_keys(spec)). objective: as the
-    op's (None: the current one); an objective other than time orders by its own rule, and verify_candidates is
-    then the choice alone (Inductor's autotuner measures time only). gpu / device: as explain's.
+    op's (None: the current one); an energy objective with a time-only model takes the time pick, as the op's
+    (selection.ranking.objective_for); another objective other than time orders by its own rule, and
+    verify_candidates is then the choice alone (Inductor's autotuner measures time only). gpu / device: as
+    explain's.
 
     None where the compile path defers to Inductor unchanged: no model for the GPU (the analytic rule is not
-    used here), or Inductor's offered configs cannot be read on this torch. ValueError for bad arguments or an
-    objective the model cannot predict.
+    used here), or Inductor's offered configs cannot be read on this torch. UserError (a ValueError and a
+    RuntimeError) for bad arguments or an objective the model cannot serve (power_cap without predicted power).
     """
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise UserError(f"mode must be one of {MODES}, got {mode!r}")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-        raise ValueError(f"top_k must be an int >= 0, got {top_k!r}")
+        raise UserError(f"top_k must be an int >= 0, got {top_k!r}")
     st = _state(gpu, device)
     if st.model is None:
         return None
@@ -199,10 +201,11 @@ def plan(
         offered = offered_keys(spec)
         if offered is None:
             return None
-    obj = parse_objective(objective or current_objective())
+    asked = parse_objective(objective or current_objective())
+    obj, fallback = objective_for(asked, st)  # energy objectives with a time-only model: the time pick, as the op
     missing = [t for t in obj.needs if t not in st.model.targets]
     if missing:
-        raise ValueError(
+        raise UserError(
             f"objective {obj} needs predicted {', '.join(missing)}, but the model for {st.info.name} predicts only"
             f" {', '.join(st.model.targets)}: use objective='time'"
         )
@@ -234,7 +237,7 @@ def plan(
             "config": TORCH if cfg is None else cfg.key,
             **pred,
             "model": str(st.model.path),
-            "objective": str(obj),
+            "objective": str(asked),
             "device": st.info.name,
         }
         row["epilogue_ms"] = row.pop("host_ms")  # ranked_rows carries the additive cost under the op's name
@@ -254,6 +257,9 @@ def plan(
     else:
         first["why"] = f"best predicted {obj} (Inductor's autotuner measures time only: nothing is benchmarked)"
         first["verify_candidates"] = [first["config"]]
+    if fallback:  # an energy objective answered with the time pick: say so, and why (as explain does)
+        first["why"] = f"the time pick (objective {asked}, no predicted energy): {first['why']}"
+        first["objective_note"] = fallback
     first["policy"] = {**policy.as_dict(), "host_source": policy.host_source}
     first["mode"] = mode
     first["epilogue"] = spec.epilogue

@@ -136,7 +136,7 @@ def inductor_metrics(predictor, table: Table, mode: str | VerifyPolicy = "predic
     per shape; how many configs Inductor offers per shape and the share of them the data measured."""
     vpolicy = mode if isinstance(mode, VerifyPolicy) else verify_policy.default_policy()
     if not isinstance(mode, VerifyPolicy) and mode != "predict":
-        raise ValueError(f"mode must be 'predict' or a VerifyPolicy, got {mode!r}")
+        raise UserError(f"mode must be 'predict' or a VerifyPolicy, got {mode!r}")
     r = replay(predictor, table, vpolicy, epilogue=epilogue, device_lookup=device_lookup)
     name = "verify" if isinstance(mode, VerifyPolicy) else "predict"
     res: dict = {"inductor_mode": name if name == "predict" else str(vpolicy), "inductor_epilogue": epilogue,

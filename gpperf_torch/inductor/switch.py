@@ -24,6 +24,7 @@ import logging
 import threading
 from collections.abc import Iterator
 
+from ..errors import UserError
 from . import settings
 
 logger = logging.getLogger(__name__)
@@ -80,9 +81,9 @@ def install(mode: str | None = None, top_k: int = 3) -> None:
     """
     mode = mode or _default_mode()
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise UserError(f"mode must be one of {MODES}, got {mode!r}")
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-        raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+        raise UserError(f"top_k must be a positive int, got {top_k!r}")
     config, entry, virt, slot, hook_cls = _internals()
     with _lock:
         if settings.current() is None:

@@ -95,14 +95,22 @@ def time_fallback_reason(obj: Objective, st) -> str:
     )
 
 
+def objective_for(obj: Objective, st) -> tuple[Objective, str]:
+    """The objective this state's model ranks `obj` by, and why it differs ('' when it does not): an energy
+    objective without predicted energy takes the time pick, warned once per objective and model. The op, explain
+    and the Inductor hook all ask here, so the three answer alike."""
+    fallback = time_fallback_reason(obj, st)
+    if not fallback:
+        return obj, ""
+    _warn_once(f"time-fallback:{obj}:{st.model_hash}", "gpperf: %s", fallback)
+    return Objective("time"), fallback
+
+
 def score(st, key: tuple) -> Scored:
     """Every valid candidate of `key` with its predicted targets; for the time objective, the dispatch decision."""
     m, n, k, batch, dtype, a_t, b_t, tf32, obj_s = key
     obj = parse_objective(obj_s)
-    fallback = time_fallback_reason(obj, st)
-    if fallback:
-        _warn_once(f"time-fallback:{obj}:{st.model_hash}", "gpperf: %s", fallback)
-        obj = Objective("time")
+    obj, fallback = objective_for(obj, st)
     launch = (m, n, k, a_t, b_t, tf32)
     cands = valid_candidates(st, dtype, launch)
     entry = st.valid_matrix.get(kernels_facts.class_key(dtype, *launch))
