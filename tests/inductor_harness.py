@@ -146,7 +146,14 @@ def fake_h100(timings: Callable = extern_last_template_fastest, *, max_autotune:
         return timings(choices)
 
     sm = staticmethod
-    DeviceProperties.create.cache_clear()
+    # Both are cached per process: a CPU-only torch.compile earlier in the session (the examples' tests) caches
+    # "no Triton-capable device", and Inductor would then refuse the pretend H100 (TritonMissing). Cleared on the
+    # way in and out, so neither the pretend device nor the real one leaks across.
+    from torch.utils import _triton as torch_triton
+
+    caches = [DeviceProperties.create, torch_triton.has_triton]
+    for c in caches:
+        c.cache_clear()
     patches = [
         mock.patch.object(CudaInterface, "get_device_properties", sm(lambda device=None: H100)),
         mock.patch.object(CudaInterface, "get_compute_capability", sm(lambda device=None: 90)),
@@ -177,7 +184,8 @@ def fake_h100(timings: Callable = extern_last_template_fastest, *, max_autotune:
         try:
             yield record
         finally:
-            DeviceProperties.create.cache_clear()
+            for c in caches:
+                c.cache_clear()
 
 
 def fake_inputs(specs, *, dynamic_first_dim: bool = False):
