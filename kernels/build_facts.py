@@ -29,8 +29,20 @@ logger = logging.getLogger(__name__)
 DEFAULT_CACHE = Path("build") / "kernel_facts_cache.jsonl"
 LAYOUTS = ((False, False), (False, True), (True, False), (True, True))
 MODEL_GPUS = {"h100": 90, "a100": 80}  # shipped models and the target their GPU compiles for
-# Tier 5's classes (kernels.facts.align_class names), most frequent in real-model GEMMs first.
-UNALIGNED_CLASSES = ("mxn16keven", "a", "m16nxkeven", "mxnxkeven", "m1n16keven", "m16n16kx")
+# Tier 5's classes (kernels.facts.align_class names), most frequent in real-model GEMMs first: N or K of an odd
+# width divisible by 8 (1000, 1960, 3000, 4104, 8200: vision models, vocab heads), M of batch x sequence, odd N
+# (vocabularies such as 50257), K % BLOCK_K != 0, K % 16 in {4, 2}, decode at batch 1, and both M and N.
+UNALIGNED_CLASSES = (
+    "m16n8keven",
+    "m16n16k8",
+    "mxn16keven",
+    "m16nxkeven",
+    "a",
+    "m16n16k4",
+    "m16n16k2",
+    "m1n16keven",
+    "mxnxkeven",
+)
 
 
 def model_candidates(gpu: str) -> list[TileConfig]:
@@ -45,6 +57,8 @@ def model_candidates(gpu: str) -> list[TileConfig]:
 
 def plan() -> list[tuple[str, str, TileConfig]]:
     """(tier, entry key, config) in build order: a build cut short by its budget keeps the most used entries.
+    Order: per layout (nt, then nn) and target (sm_90, then sm_80), tier 1 then tier 5's first two classes;
+    tier 1 in tn and tt; the rest of tier 5; tiers 2, 3, 4.
 
     1. every config a shipped model can choose, on its GPU's target, fp16/bf16, all four layouts, aligned
        sizes with K % BLOCK_K == 0 (the binary most launches run);
@@ -53,9 +67,9 @@ def plan() -> list[tuple[str, str, TileConfig]]:
        fp16/bf16, A row-major;
     4. fp32 and TF32 with A transposed;
     5. the shipped models' configs, fp16/bf16, A row-major, in the alignment classes real models meet besides
-       `even`: M not 16-divisible (batch x sequence), N not (vocabularies such as 50265), both, K not a
-       multiple of BLOCK_K (the masked main loop), M = 1 (decode at batch 1: a constant to Triton) and K not
-       16-divisible.
+       `even` (UNALIGNED_CLASSES, class by class, nn.Linear's layout nt before nn): N or K divisible by 8 and
+       not 16, M not 16-divisible (batch x sequence), odd N (vocabularies), K not a multiple of BLOCK_K (the
+       masked main loop), K % 16 in {4, 2}, M = 1 (decode at batch 1: a constant to Triton), M and N both.
     """
     out: list[tuple[str, str, TileConfig]] = []
     seen: set[tuple[str, str]] = set()
@@ -69,8 +83,28 @@ def plan() -> list[tuple[str, str, TileConfig]]:
                     out.append((tier, key, cfg))
 
     models = {gpu: model_candidates(gpu) for gpu in MODEL_GPUS}
-    for gpu, arch in MODEL_GPUS.items():
-        add("1", arch, "f16", LAYOUTS, models[gpu])
+    nn, nt, tn, tt = LAYOUTS
+
+    # nn.Linear's layout (nt) first, H100 before A100, each target's aligned binary followed by the two most
+    # common unaligned classes; then plain matmul (nn), then the transposed-A layouts.
+    def tier1(gpu: str, layouts) -> None:
+        add("1", MODEL_GPUS[gpu], "f16", layouts, models[gpu])
+
+    def tier5(gpu: str, aligns, layouts) -> None:
+        for align in aligns:
+            # class "a" (K % 16 == 0, K % BLOCK_K != 0) cannot hold a BLOCK_K of 16
+            cfgs = [c for c in models[gpu] if align != "a" or c.block_k > 16]
+            add("5", MODEL_GPUS[gpu], "f16", layouts, cfgs, align)
+
+    for layout in (nt, nn):
+        for gpu in MODEL_GPUS:
+            tier1(gpu, (layout,))
+            tier5(gpu, UNALIGNED_CLASSES[:2], (layout,))
+    for gpu in MODEL_GPUS:
+        tier1(gpu, (tn, tt))
+    for layout in (nt, nn):
+        for gpu in MODEL_GPUS:
+            tier5(gpu, UNALIGNED_CLASSES[2:], (layout,))
     for tier, layouts in (("2", LAYOUTS[:2]), ("3", None), ("4", LAYOUTS[2:])):
         if layouts is None:
             for arch in MODEL_GPUS.values():
@@ -79,11 +113,6 @@ def plan() -> list[tuple[str, str, TileConfig]]:
         for dt in ("tf32", "f32"):
             for gpu, arch in MODEL_GPUS.items():
                 add(tier, arch, dt, layouts, models[gpu])
-    for align in UNALIGNED_CLASSES:
-        for gpu, arch in MODEL_GPUS.items():
-            # class "a" (K % 16 == 0, K % BLOCK_K != 0) cannot hold a BLOCK_K of 16
-            cfgs = [c for c in models[gpu] if align != "a" or c.block_k > 16]
-            add("5", arch, "f16", LAYOUTS[:2], cfgs, align)
     return out
 
 

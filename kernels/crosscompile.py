@@ -31,16 +31,19 @@ ARCHS = {"sm80": 80, "sm86": 86, "sm89": 89, "sm90": 90}
 DTYPES = ("float16", "bfloat16", "float32", "tf32")
 
 
-SIZE_CLASSES = ("16", "x", "1")  # divisible by 16, not, equal to 1 (Triton makes an integer 1 a constant)
-K_CLASSES = ("even", "16", "x", "1")  # even: K % BLOCK_K == 0 (the EVEN_K binary)
+# Divisible by 16; by 8, 4 or 2 (and no higher power of two); odd ("x"); equal to 1 (Triton makes it a constant).
+SIZE_CLASSES = ("16", "8", "4", "2", "x", "1")
+K_CLASSES = ("even", *SIZE_CLASSES)  # even: K % BLOCK_K == 0 (the EVEN_K binary)
+_STAND_IN = {"16": 0, "8": 8, "4": 4, "2": 2, "x": 1}  # added to a multiple of 16 (and of every BLOCK_K)
 
 
 @dataclass(frozen=True)
 class CompileClass:
     """Everything besides the tile config that selects a distinct binary for one launch.
 
-    Sizes are classes of what Triton specializes integers on (divisible by 16, equal to 1); ``launch_args``
-    turns them into stand-in sizes and strides with the same specialization.
+    Sizes are classes of the largest power of two dividing them (kernels/align.py; 16, 8, 4, 2, odd) or equal
+    to 1 (a constant to Triton); ``launch_args`` turns them into stand-in sizes and strides with the same
+    specialization.
     """
 
     arch: int  # 80 (A100), 90 (H100, H200); 86 and 89 also compile
@@ -67,23 +70,28 @@ class CompileClass:
     def of_launch(cls, arch: int, dtype: str, cfg: TileConfig, m: int, n: int, k: int, **kw) -> CompileClass:
         """The class of a launch of `cfg` with contiguous operands of these sizes (`kw`: a_trans, b_trans...)."""
 
-        def size(v: int) -> str:
-            return "1" if v == 1 else "16" if v % 16 == 0 else "x"
+        kc = "1" if k == 1 else "even" if k % cfg.block_k == 0 else size_class(k)
+        return cls(arch=arch, dtype=dtype, m=size_class(m), n=size_class(n), k=kc, **kw)
 
-        kc = "1" if k == 1 else "even" if k % cfg.block_k == 0 else size(k)
-        return cls(arch=arch, dtype=dtype, m=size(m), n=size(n), k=kc, **kw)
+
+def size_class(v: int) -> str:
+    """SIZE_CLASSES name of a size: 1, the largest power of two up to 16 dividing it, or x (odd)."""
+    if v == 1:
+        return "1"
+    d = v & -v if v else 16
+    return "16" if d >= 16 else "x" if d == 1 else str(d)
 
 
 def _sizes(cls: CompileClass, cfg: TileConfig) -> tuple[int, int, int, int]:
     """Stand-in M, N, K and the split-K a launch of this class runs (same specialization as the class)."""
-    m, n = ({"16": 16 * 64, "x": 16 * 64 + 1, "1": 1}[c] for c in (cls.m, cls.n))
+    m, n = (1 if c == "1" else 16 * 64 + _STAND_IN[c] for c in (cls.m, cls.n))
     split = cfg.split_k if cls.split else 1
     if cls.split and split == 1:
         raise ValueError(f"class has split-K but {cfg.key} has split_k=1")
     if cls.k == "16" and cfg.block_k == 16:
         raise ValueError("with BLOCK_K=16, K % 16 == 0 is K % BLOCK_K == 0: use k='even'")
     # Enough K for `split` non-empty slices; divisible by BLOCK_K, by 16 only, or by neither.
-    k = 1 if cls.k == "1" else cfg.block_k * max(split, 2) * 2 + {"even": 0, "16": 16, "x": 1}[cls.k]
+    k = 1 if cls.k == "1" else cfg.block_k * max(split, 2) * 2 + {**_STAND_IN, "even": 0, "16": 16}[cls.k]
     return m, n, k, split
 
 
@@ -93,6 +101,8 @@ def launch_args(cfg: TileConfig, cls: CompileClass) -> tuple[list, dict]:
     Mirrors kernels.matmul.launch (a test checks the two agree): only their specialization matters here.
     """
     import torch
+
+    from .align import divisors
 
     m, n, k, split = _sizes(cls, cfg)
     tdt = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(cls.dtype, torch.float32)
@@ -106,6 +116,10 @@ def launch_args(cfg: TileConfig, cls: CompileClass) -> tuple[list, dict]:
     else:
         c, c_strides = ptr, (0, 0, n, 1)
     args = [ptr, ptr, c, ptr, m, n, k, 0, a_sm, a_sk, 0, b_sk, b_sn, *c_strides, 1 if cls.bias else 0]
+    divs = divisors(
+        n=n, k=k, m=m, a_strides=(a_sm, a_sk), b_strides=(b_sk, b_sn), c_strides=c_strides[2:],
+        a_aligned=True, b_aligned=True, c_aligned=True, elem_size=ptr.element_size(), c_elem_size=c.element_size(),
+    )  # fmt: skip
     kwargs = dict(
         BLOCK_M=cfg.block_m,
         BLOCK_N=cfg.block_n,
@@ -117,6 +131,7 @@ def launch_args(cfg: TileConfig, cls: CompileClass) -> tuple[list, dict]:
         INDEX_64=False,
         HAS_BIAS=cls.bias,
         EVEN_K=k % cfg.block_k == 0,
+        **divs,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
@@ -313,7 +328,8 @@ def class_of_entry(key: str) -> CompileClass:
             m = n = "16"
             k = "even" if align == "even" else "16"
         else:
-            m, n, k = re.fullmatch(r"m(16|x|1)n(16|x|1)k(even|16|x|1)", align).groups()
+            size = "(16|8|4|2|x|1)"
+            m, n, k = re.fullmatch(f"m{size}n{size}k(even|16|8|4|2|x|1)", align).groups()
         return CompileClass(
             arch=int(arch[2:]),
             dtype={"f16": "float16", "tf32": "tf32", "f32": "float32"}[dt],

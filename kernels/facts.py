@@ -19,7 +19,8 @@ import logging
 import os
 from pathlib import Path
 
-from .configs import TileConfig
+from .align import cap_for, pow2_divisor
+from .configs import TileConfig, elem_size
 
 logger = logging.getLogger(__name__)
 
@@ -47,21 +48,37 @@ def dtype_class(dtype: object, tf32: bool = False) -> str:
     raise ValueError(f"unsupported dtype {dtype!r}: gpperf supports float16, bfloat16 and float32")
 
 
-def align_class(m: int, n: int, k: int, cfg: TileConfig) -> str:
-    """Alignment class of a launch with contiguous operands: which sizes (= leading dimensions) are 16-divisible.
+def size_code(v: int, *, cap: int = 16, divisors: bool = True) -> str:
+    """A size's alignment class: ``1`` (equal to 1: a constant to Triton), ``16`` (divisible by 16: Triton's own
+    flag), else the largest power of two up to `cap` dividing it (``8``, ``4``, ``2``; ``x`` for odd). With
+    divisors=False (a size that is no stride of its layout) only 1 / 16 / x are told apart."""
+    if v == 1:
+        return "1"
+    if v % 16 == 0:
+        return "16"
+    if not divisors:
+        return "x"
+    d = pow2_divisor(v, cap)
+    return "x" if d == 1 else str(d)
+
+
+def align_class(m: int, n: int, k: int, cfg: TileConfig, *, a_trans: bool = False, elem_size: int = 2) -> str:
+    """Alignment class of a launch with contiguous operands: what of M, N, K the binary is specialized on.
 
     ``even``: M, N and K divisible by 16 and K by BLOCK_K (the EVEN_K binary); ``a``: the same without
-    K % BLOCK_K == 0. Any other launch is written out per size, ``16`` divisible by 16, ``1`` equal to 1
-    (Triton makes it a constant), ``x`` neither: ``m16nxk16`` is N not divisible by 16.
+    K % BLOCK_K == 0. Any other launch is written out per size (`size_code`): ``m16n8k16`` is N divisible by 8
+    and not 16, ``x`` odd, ``1`` equal to 1; ``keven`` K % BLOCK_K == 0. The kernel is told the largest power
+    of two dividing N, K and every leading stride (kernels/align.py), capped at a 16-byte vector (8 elements in
+    fp16/bf16, 4 in fp32: fp32's 8 is its 4). M is a leading stride only with A transposed; otherwise it is
+    only a size, of which Triton sees 1 / divisible by 16 / neither.
     """
-
-    def size(v: int) -> str:
-        return "1" if v == 1 else "16" if v % 16 == 0 else "x"
-
-    if m % 16 == 0 and n % 16 == 0 and k % 16 == 0:
-        return "even" if k % cfg.block_k == 0 else "a"
-    kc = "even" if k != 1 and k % cfg.block_k == 0 else size(k)
-    return f"m{size(m)}n{size(n)}k{kc}"
+    cap = cap_for(elem_size)
+    mc = size_code(m, cap=cap, divisors=a_trans)
+    nc = size_code(n, cap=cap)
+    kc = "even" if k != 1 and k % cfg.block_k == 0 else size_code(k, cap=cap)
+    if mc == nc == "16" and kc in ("even", "16"):
+        return "even" if kc == "even" else "a"
+    return f"m{mc}n{nc}k{kc}"
 
 
 def entry_key(arch: int, dtype_cls: str, a_trans: bool, b_trans: bool, align: str) -> str:
@@ -72,12 +89,21 @@ def entry_key(arch: int, dtype_cls: str, a_trans: bool, b_trans: bool, align: st
 
 
 def kernel_source_hash() -> str:
-    """Hash of the kernel's syntax tree: the table is stale (ignored) once the kernel's code changes (comments
-    and formatting do not count)."""
-    src = (Path(__file__).resolve().parent / "matmul.py").read_text()
-    tree = ast.parse(src)
-    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_matmul_kernel")
-    return hashlib.sha256(ast.dump(fn, include_attributes=False).encode()).hexdigest()[:16]
+    """Hash of the code that decides a binary: the kernel and its helper, and the alignment facts a launch passes
+    (kernels/align.py). The table is stale (ignored) once any of it changes; comments, formatting and
+    docstrings do not count."""
+    here = Path(__file__).resolve().parent
+    parts = []
+    align_fns = ("pow2_divisor", "cap_for", "pointer_aligned", "divisors", "needs_int64")
+    for name, fns in (("matmul.py", ("_multiple", "_matmul_kernel")), ("align.py", align_fns)):
+        tree = ast.parse((here / name).read_text())
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and node.name in fns:
+                body = node.body
+                if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                    node.body = body[1:] or body  # the docstring is not code
+                parts.append(ast.dump(node, include_attributes=False))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def _triton_version() -> str | None:
@@ -159,7 +185,8 @@ def lookup(
     if t is None or bias:
         return None
     run = launched_config(cfg, m, n, k)
-    return t.get(run, entry_key(arch, dtype_class(dtype, tf32), a_trans, b_trans, align_class(m, n, k, cfg)))
+    align = align_class(m, n, k, cfg, a_trans=a_trans, elem_size=elem_size(dtype))
+    return t.get(run, entry_key(arch, dtype_class(dtype, tf32), a_trans, b_trans, align))
 
 
 def launched_config(cfg: TileConfig, m: int, n: int, k: int) -> TileConfig:
@@ -184,9 +211,14 @@ def blocks_per_sm(f: dict, cfg: TileConfig, arch: int) -> int:
 
 def class_key(dtype: str, m: int, n: int, k: int, a_trans: bool, b_trans: bool, tf32: bool) -> tuple:
     """What of a launch selects its binary, for caching per-class validity (every BLOCK_K divides K or not)."""
-    # A size of 1 is its own class: Triton makes it a constant (align_class's "1").
-    return (dtype, bool(tf32), bool(a_trans), bool(b_trans), m % 16 == 0, n % 16 == 0, m == 1, n == 1, k == 1) + tuple(
-        k % d == 0 for d in (16, 32, 64, 128, 256)
+
+    # Per size: 1 (a constant to Triton) or the largest power of two up to 16 dividing it (the kernel's DIV_*
+    # constexprs and Triton's own flag), then which BLOCK_K divide K (the EVEN_K binary).
+    def code(v: int) -> int:
+        return 0 if v == 1 else pow2_divisor(v, 16)
+
+    return (dtype, bool(tf32), bool(a_trans), bool(b_trans), code(m), code(n), code(k)) + tuple(
+        k % d == 0 for d in (32, 64, 128, 256)
     )
 
 

@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .align import launch_constexprs
 from .configs import DEFAULT_CONFIG, TileConfig, check_config, elem_size
 from .launcher import LeanKernel
 
@@ -33,6 +34,14 @@ _INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 def interpreting() -> bool:
     """True when Triton runs these kernels through its CPU interpreter (TRITON_INTERPRET=1 at import time)."""
     return _INTERPRETING
+
+
+@triton.jit
+def _multiple(x, DIV: tl.constexpr):
+    """`x` rebuilt as a multiple of DIV, so the compiler knows its divisibility (DIV divides x: launch checked)."""
+    if DIV > 1:
+        return x // DIV * DIV
+    return x
 
 
 @triton.jit
@@ -69,13 +78,28 @@ def _matmul_kernel(
     INDEX_64: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     EVEN_K: tl.constexpr,
+    # Alignment facts (kernels/align.py): a power of two dividing the size or stride, 1 = no claim. Triton itself
+    # only tells the compiler "divisible by 16"; with these it knows 8, 4 or 2 too (vector loads, cp.async).
+    DIV_K: tl.constexpr = 1,
+    DIV_N: tl.constexpr = 1,
+    DIV_AM: tl.constexpr = 1,
+    DIV_AK: tl.constexpr = 1,
+    DIV_BK: tl.constexpr = 1,
+    DIV_BN: tl.constexpr = 1,
+    DIV_CM: tl.constexpr = 1,
+    DIV_CN: tl.constexpr = 1,
 ):
+    K = _multiple(K, DIV_K)
+    N = _multiple(N, DIV_N)
+    stride_am = _multiple(stride_am, DIV_AM)
+    stride_ak = _multiple(stride_ak, DIV_AK)
+    stride_bk = _multiple(stride_bk, DIV_BK)
+    stride_bn = _multiple(stride_bn, DIV_BN)
+    stride_cm = _multiple(stride_cm, DIV_CM)
+    stride_cn = _multiple(stride_cn, DIV_CN)
     pid = tl.program_id(axis=0)
     pid_k = tl.program_id(axis=1)
     pid_b = tl.program_id(axis=2).to(tl.int64)
-    a_ptr += pid_b * stride_ab
-    b_ptr += pid_b * stride_bb
-    c_ptr += pid_b * stride_cb
     # Grouped ordering: GROUP_M consecutive programs walk down a column of tiles so they share B in L2.
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -86,50 +110,58 @@ def _matmul_kernel(
     pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
     pid_n = (pid % num_pid_in_group) // group_size_m
 
+    # This program's slice of K: whole BLOCK_K steps, the last slice may be short or empty.
+    k_per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
+    k_start = pid_k * k_per_split
+    k_len = tl.minimum(k_per_split, K - k_start)
+    # Batch, split-K slice and K start move the base pointers (scalar, 64-bit): the per-element offsets below
+    # stay within one matrix tile, int32 unless a matrix reaches past 2**31 elements (INDEX_64, chosen at launch).
+    a_ptr += pid_b * stride_ab + k_start.to(tl.int64) * stride_ak
+    b_ptr += pid_b * stride_bb + k_start.to(tl.int64) * stride_bk
+    c_ptr += pid_b * stride_cb + pid_k.to(tl.int64) * stride_cs
+
     # Rows/columns past the edge wrap around (always in bounds); their results are masked at the store.
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_am = tl.max_contiguous(tl.multiple_of(offs_m % M, BLOCK_M), BLOCK_M)
     offs_bn = tl.max_contiguous(tl.multiple_of(offs_n % N, BLOCK_N), BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
     if INDEX_64:
         offs_m = offs_m.to(tl.int64)
         offs_n = offs_n.to(tl.int64)
         offs_am = offs_am.to(tl.int64)
         offs_bn = offs_bn.to(tl.int64)
+        offs_k = offs_k.to(tl.int64)
 
-    # This program's slice of K: whole BLOCK_K steps, the last slice may be short or empty.
-    k_per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
-    k_start = pid_k * k_per_split
-    offs_k = k_start + tl.arange(0, BLOCK_K)
-    a_ptrs = a_ptr + (offs_am[:, None] * stride_am + offs_k[None, :] * stride_ak)
-    b_ptrs = b_ptr + (offs_k[:, None] * stride_bk + offs_bn[None, :] * stride_bn)
-
+    # Offsets (not pointers) carried across the K loop, the pointers formed at each step as Inductor's template
+    # does: a 2-D tensor of 64-bit pointers incremented in place costs registers in skinny tiles.
+    a_offs = offs_am[:, None] * stride_am + offs_k[None, :] * stride_ak
+    b_offs = offs_k[:, None] * stride_bk + offs_bn[None, :] * stride_bn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    k_end = tl.minimum(k_start + k_per_split, K)
-    for k in range(0, tl.cdiv(k_end - k_start, BLOCK_K)):
+    for k in range(0, tl.cdiv(k_len, BLOCK_K)):
         if EVEN_K:
             # K % BLOCK_K == 0: every slice starts and ends on a BLOCK_K boundary (k_per_split is a multiple of
             # BLOCK_K), so each step is a full tile and the loads need no mask (fewer registers and instructions).
-            a = tl.load(a_ptrs)
-            b = tl.load(b_ptrs)
+            a = tl.load(a_ptr + a_offs)
+            b = tl.load(b_ptr + b_offs)
         else:
-            k_mask = offs_k < k_end - k * BLOCK_K
-            a = tl.load(a_ptrs, mask=k_mask[None, :], other=0.0)
-            b = tl.load(b_ptrs, mask=k_mask[:, None], other=0.0)
+            k_mask = offs_k < k_len - k * BLOCK_K
+            a = tl.load(a_ptr + a_offs, mask=k_mask[None, :], other=0.0)
+            b = tl.load(b_ptr + b_offs, mask=k_mask[:, None], other=0.0)
         if UPCAST:
             # Interpreter only: its bf16 dot is wrong upstream, so multiply the same values in fp32.
             acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
         else:
             acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
-        a_ptrs += BLOCK_K * stride_ak
-        b_ptrs += BLOCK_K * stride_bk
+        a_offs += BLOCK_K * stride_ak
+        b_offs += BLOCK_K * stride_bk
 
-    c_ptrs = c_ptr + pid_k.to(tl.int64) * stride_cs + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
+    c_offs = offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
     c_mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     if HAS_BIAS and SPLIT_K == 1:  # (with split-K the reduction adds it, once)
         bias = tl.load(bias_ptr + offs_n * stride_bias, mask=offs_n < N, other=0.0)
         acc += bias.to(tl.float32)[None, :]
-    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
+    tl.store(c_ptr + c_offs, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
 
 
 @triton.jit
@@ -286,16 +318,17 @@ def launch(
         return out
     if K == 0:
         return out.zero_() if bias is None else out.copy_(bias.expand_as(out))
+    result = out
+    if upcast:
+        # The interpreter casts fp32 to bf16 by truncation (its cast_impl passes no rounding mode), where a GPU
+        # and torch round to nearest even: under the interpreter the kernels write fp32 and torch rounds, once.
+        out = torch.empty(out.shape, dtype=torch.float32, device=out.device)
     if batched:
         scb, scm, scn = out.stride()
     else:
         scb, (scm, scn) = 0, out.stride()
-    # 64-bit offsets when the largest element offset reachable in one matrix does not fit in int32
-    index_64 = max((M - 1) * sam + (K - 1) * sak, (K - 1) * sbk + (N - 1) * sbn, (M - 1) * scm + (N - 1) * scn) >= (
-        _INT32_MAX
-    )
     split_k = min(cfg.split_k, (K + cfg.block_k - 1) // cfg.block_k)  # never launch empty K slices
-    if split_k > 1 and split_k * M * N > _INT32_MAX:
+    if split_k > 1 and max(split_k * M * N, (M - 1) * scm + (N - 1) * scn) > _INT32_MAX:
         split_k = 1  # the fp32 workspace would need 64-bit indexing in the reduction; big outputs gain nothing
     grid = (((M + cfg.block_m - 1) // cfg.block_m) * ((N + cfg.block_n - 1) // cfg.block_n), split_k, batch)
     if split_k == 1:
@@ -304,6 +337,12 @@ def launch(
     else:
         target = torch.empty((batch, split_k, M, N), dtype=torch.float32, device=a.device)
         stride_cb, stride_cs, stride_cm, stride_cn = target.stride()
+    # What the compiler may assume (kernels/align.py): facts of these numbers and pointers, never guesses.
+    index_64, divs = launch_constexprs(
+        M, N, K, (sam, sak), (sbk, sbn), (stride_cm, stride_cn),
+        (a.data_ptr() & 15 == 0, b.data_ptr() & 15 == 0, target.data_ptr() & 15 == 0),
+        a.element_size(), target.element_size(), (cfg.block_m, cfg.block_n, cfg.block_k),
+    )  # fmt: skip
     pending: list = []
     mm_kernel, reduce_kernel = (
         (_MATMUL, _REDUCE) if not compiled_only else (_Deferred(_MATMUL, pending), _Deferred(_REDUCE, pending))
@@ -337,6 +376,7 @@ def launch(
         INDEX_64=index_64,
         HAS_BIAS=bias is not None,
         EVEN_K=K % cfg.block_k == 0,  # exact with split-K too: slices are whole BLOCK_K multiples
+        **divs,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
@@ -360,7 +400,9 @@ def launch(
         )
     if compiled_only:
         _launch_if_compiled(pending, f"{tuple(a.shape)} @ {tuple(b.shape)} {a.dtype} with {cfg.key}")
-    return out
+    if result is not out:
+        result.copy_(out)
+    return result
 
 
 class _Deferred:

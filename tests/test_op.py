@@ -233,3 +233,27 @@ def test_linear_fused_bias_forward_and_backward(device, dtype):
     for got, want in ((x.grad, x2.grad), (w.grad, w2.grad), (bias.grad, b2.grad)):
         assert got.dtype == dtype
         torch.testing.assert_close(got.double(), want, rtol=max(rtol, 2e-2), atol=max(atol, 0.5))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("config", [SMALL, TileConfig(16, 32, 16, split_k=2)], ids=lambda c: c.key)
+def test_output_rounds_to_nearest_even_like_torch(device, dtype, config):
+    """The fp32 -> fp16/bf16 output cast rounds to nearest, ties to even, as torch and the GPU do (the Triton
+    interpreter alone truncates to bf16: launch rounds its fp32 result with torch there). Each output is
+    1 + c, exact in fp32, with c a quarter, half, three quarters and one and a half units in the last place."""
+    ulp = torch.finfo(dtype).eps  # the spacing of dtype at 1.0
+    c = torch.tensor([0.25, 0.5, 0.75, 1.5], dtype=torch.float64) * ulp
+    k = 32
+    a = torch.zeros(4, k, dtype=dtype, device=device)
+    a[:, :2] = 1
+    b = torch.zeros(k, 4, dtype=dtype, device=device)
+    b[0] = 1
+    b[1] = c.to(dtype)
+    assert torch.equal(b[1].double().cpu(), c), "the addends must be exact in dtype"
+    out = gp.matmul(a, b, config=config)
+    want = (a.float() @ b.float()).to(dtype)  # one fp32 sum, rounded by torch
+    assert torch.equal(out.cpu(), want.cpu()), (out[0].tolist(), want[0].tolist())
+    if dtype != torch.float32:
+        # nearest-even: 1/4 and the 1/2 tie go down to 1, 3/4 up to 1 + ulp, the 3/2 tie up to 1 + 2 ulp
+        assert out[0].double().cpu().tolist() == [1.0, 1.0, 1.0 + ulp, 1.0 + 2 * ulp]
