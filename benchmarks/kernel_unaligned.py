@@ -1,6 +1,6 @@
 """Registers, spills, shared memory and global-load width of our kernel on unaligned shapes (issue 27), no GPU.
 
-Cross-compiles (``gpperf-torch inspect --fresh --sass``) a few configs typical of the data on a set of shapes:
+Cross-compiles (``gpperf-torch inspect --fresh``) a few configs typical of the data on a set of shapes:
 aligned, K % 16 in {8, 4, 2}, N % 16 != 0 (odd N included), A or B transposed. Prints one table row per
 (config, case) and writes them as JSON lines (row by row, so an interrupted run keeps what it measured).
 
@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
-from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -45,25 +43,42 @@ CASES = (
     ("A^T B^T K%16=4 tt", 4096, 4096, 4100, True, True),
 )
 
-# LDGSTS = cp.async, LDG = plain global load; the suffix is the width in bits (none: 32, U16/S16: 16).
-_LOAD = re.compile(r"^\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?(LDGSTS|LDG)(\.[A-Z0-9_.]+)?", re.M)
+
+def _short(loads: dict[str, int]) -> str:
+    """The A/B tile loads (the kernel's few 4-byte parameter loads left out): ``48 cp.async x 16 B``."""
+    return ", ".join(f"{v} {k}" for k, v in loads.items() if k != "ldg x 4 B") or "-"
 
 
-def load_widths(sass: str) -> dict[str, int]:
-    """Global loads in the SASS by kind and width in bytes: {"cp.async x 16 B": 48, "ldg x 2 B": 4, ...}."""
-    out: Counter = Counter()
-    for op, mods in _LOAD.findall(sass):
-        parts = (mods or "").split(".")
-        bits = 32
-        for p in parts:
-            if p in ("128", "64"):
-                bits = int(p)
-            elif p in ("U16", "S16"):
-                bits = 16
-            elif p in ("U8", "S8"):
-                bits = 8
-        out[f"{'cp.async' if op == 'LDGSTS' else 'ldg'} x {bits // 8} B"] += 1
-    return dict(sorted(out.items()))
+def compare(before: str, after: str, template: str) -> str:
+    """A markdown table of before / after / Inductor's template per (config, case), and the worst deltas."""
+
+    def load(path: str) -> dict:
+        with open(path) as f:
+            return {(r["config"], r["case"]): r for r in map(json.loads, f)}
+
+    b, a, t = load(before), load(after), load(template)
+    lines = [
+        "| config | case | before: regs / spill B / smem KB / loads | after | Inductor's template | regs after - tem |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    worst_regs = worst_spill = -(10**9)
+    width_mismatch = []
+    for key in t:
+        row = [f"{r['registers']} / {r['spill_bytes']} / {r['shared_bytes'] // 1024} / {_short(r['loads'])}"
+               for r in (b[key], a[key], t[key])]  # fmt: skip
+        d_regs = a[key]["registers"] - t[key]["registers"]
+        worst_regs = max(worst_regs, d_regs)
+        worst_spill = max(worst_spill, a[key]["spill_bytes"] - t[key]["spill_bytes"])
+        widths = [{k for k in r["loads"] if k.startswith("cp.async")} for r in (a[key], t[key])]
+        if widths[0] != widths[1]:
+            width_mismatch.append(key)
+        lines.append(f"| {key[0]} | {key[1]} | {' | '.join(row)} | {d_regs:+d} |")
+    lines.append("")
+    lines.append(
+        f"{len(t)} cases: after - template at most {worst_regs:+d} registers and {worst_spill:+d} B of spill; "
+        f"cp.async widths differ in {len(width_mismatch)} {width_mismatch}"
+    )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,16 +88,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="fp16")
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--cases", default=None, help="comma-separated case numbers (default all)")
+    ap.add_argument("--compare", nargs=3, metavar=("BEFORE", "AFTER", "TEMPLATE"), help="print the markdown table")
     args = ap.parse_args(argv)
+    if args.compare:
+        print(compare(*args.compare))
+        return 0
     cases = list(CASES) if args.cases is None else [CASES[int(i)] for i in args.cases.split(",")]
     out = open(args.out, "a") if args.out else None  # noqa: SIM115 (closed below; rows flushed one by one)
     print(f"{'config':<26} {'case':<20} {'regs':>5} {'spill':>6} {'smem KB':>8} {'SASS':>6}  global loads")
     for config in args.configs.split(","):
         for name, m, n, k, at, bt in cases:
             info = inspect_config(
-                config, gpu=args.gpu, dtype=args.dtype, a_trans=at, b_trans=bt, m=m, n=n, k=k, with_sass=True
+                config, gpu=args.gpu, dtype=args.dtype, a_trans=at, b_trans=bt, m=m, n=n, k=k, fresh=True
             )
-            loads = load_widths(info.pop("sass"))
+            loads = info["global_loads"]
             row = {"config": config, "case": name, "m": m, "n": n, "k": k, "a_trans": at, "b_trans": bt}
             row.update({f: info[f] for f in ("registers", "spill_bytes", "shared_bytes", "sass_instructions")})
             row["loads"] = loads

@@ -22,7 +22,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.kernel_unaligned import CASES, CONFIGS, load_widths  # noqa: E402
+from benchmarks.kernel_unaligned import CASES, CONFIGS  # noqa: E402
 from gpperf_torch.kernels import TileConfig  # noqa: E402
 
 _SRC = """
@@ -136,7 +136,7 @@ def facts(cfg: TileConfig, m: int, n: int, k: int, a_trans: bool, b_trans: bool,
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from gpperf_torch.kernels.crosscompile import _PTXAS_LINE, sass
+    from gpperf_torch.kernels.crosscompile import _PTXAS_LINE, load_widths, sass
 
     with tempfile.TemporaryDirectory(prefix="gpperf-tem-") as tmp:
         path = os.path.join(tmp, "tem.py")

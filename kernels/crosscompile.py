@@ -197,6 +197,27 @@ _SASS_INSN = re.compile(r"^\s+/\*[0-9a-f]{4,}\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_
 _SASS_LINE = re.compile(r"^\s+/\*[0-9a-f]{4,}\*/\s+(.*?);", re.M)
 
 
+# LDGSTS = cp.async, LDG = a plain global load; the suffix is the width in bits (none: 32; U16/S16: 16).
+_LOAD = re.compile(r"^\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?(LDGSTS|LDG)(\.[A-Z0-9_.]+)?", re.M)
+
+
+def load_widths(sass_text: str) -> dict[str, int]:
+    """Global loads in the SASS by kind and width: ``{"cp.async x 16 B": 48, "ldg x 2 B": 64, ...}``."""
+    out: dict[str, int] = {}
+    for op, mods in _LOAD.findall(sass_text):
+        bits = 32
+        for p in (mods or "").split("."):
+            if p in ("128", "64"):
+                bits = int(p)
+            elif p in ("U16", "S16"):
+                bits = 16
+            elif p in ("U8", "S8"):
+                bits = 8
+        key = f"{'cp.async' if op == 'LDGSTS' else 'ldg'} x {bits // 8} B"
+        out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items()))
+
+
 def sass(cubin: bytes) -> str:
     """The disassembly of a cubin (cuobjdump -sass)."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
@@ -257,6 +278,7 @@ def facts(cfg: TileConfig, cls: CompileClass, *, with_sass: bool = False) -> dic
         "shared_bytes": int(kernel.metadata.shared),
         "mma": _mma_family(ops),
         "sass_instructions": len(ops),
+        "global_loads": load_widths(text),  # not in the table: `inspect` shows it for a fresh compile
         "triton": triton.__version__,
         # identical code (same opcodes and operands, addresses stripped) <=> same hash: dedupes the table
         "sass_sha": hashlib.sha256("\n".join(i.strip() for i in _SASS_LINE.findall(text)).encode()).hexdigest()[:16],

@@ -254,6 +254,17 @@ def check(
         k=max(k, cfg.split_k * cfg.block_k),
     )
     tensor_cores = dtype_class(dtype, tf32) != "f32"
+    if f is None and table() is not None:
+        # A current table without this alignment class (a build cut short, or a class never built): the aligned
+        # binary of the same target, dtype and layout is the closest fact. Unaligned binaries keep at least its
+        # registers in the cross-compiled sample (docs/kernel_facts.md), so a config that spills there is not
+        # chosen here either; shared memory is left to the estimate (narrower vectors can stage less).
+        aligned = lookup(cfg, arch=arch, dtype=dtype, tf32=tf32, a_trans=a_trans, b_trans=b_trans)
+        if aligned is not None and aligned["spill_bytes"] > 0:
+            return (
+                f"spills {aligned['spill_bytes']} B per thread in its aligned binary ({aligned['registers']} "
+                "registers; compiler facts, none for this alignment class): use more warps or a smaller tile"
+            )
     return check_config(
         cfg,
         elem_size=elem_size(dtype),

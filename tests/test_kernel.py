@@ -90,6 +90,25 @@ def test_big_tiles_cuda(dtype, cfg, shape):
     assert_close_to_reference(out, a, b)
 
 
+# The alignment classes of issue 27 (kernels/align.py): K % 16 in {8, 4, 2}, N % 16 == 8 and odd N, in nn.Linear's
+# layout (B transposed), plain nn and A transposed, on the GPU with the compiled vector loads (cp.async).
+UNALIGNED_SHAPES = [(512, 1024, 4104), (512, 1024, 4100), (512, 1024, 4098), (512, 1000, 4096), (512, 4097, 1024),
+                    (4104, 512, 1024), (197 * 8, 2304, 768)]  # fmt: skip
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("cfg", BIG_CONFIGS[:2] + [TileConfig(64, 128, 32, num_warps=4, num_stages=3)], ids=str)
+@pytest.mark.parametrize("shape", UNALIGNED_SHAPES, ids=str)
+@pytest.mark.parametrize("layout", ["nt", "nn", "tn"])
+def test_unaligned_classes_cuda(dtype, cfg, shape, layout):
+    m, n, k = shape
+    a = randn(k, m, dtype=dtype, device="cuda").t() if layout == "tn" else randn(m, k, dtype=dtype, device="cuda")
+    b = randn(n, k, dtype=dtype, device="cuda").t() if layout == "nt" else randn(k, n, dtype=dtype, device="cuda")
+    out = launch(a, b, _poisoned(m, n, dtype, "cuda"), cfg, allow_tf32=False)
+    assert_close_to_reference(out, a, b)
+
+
 @pytest.mark.cuda
 def test_tf32_cuda():
     a, b = _operands(256, 256, 1024, torch.float32, "cuda", "nn")

@@ -268,9 +268,9 @@ def test_compile_classes_stay_few():
         # The new classes refine the old ones: a class splits into at most 5 per refined dimension (N, K).
         assert len(new) <= 5 * 5 * len(old)
         grown.append(len(new) - len(old))
-    # Measured on these shapes: N = 1000 and 200 (% 16 == 8) are the only sizes the refinement splits off
-    # (K = 200 and N = 200 as well): each config gains at most 2 binaries over 22 GEMMs.
-    assert max(grown) <= 2, grown
+    # On these 18 GEMMs each config runs 5-7 binaries before and 6-8 now: N = 1000 and 200 (% 16 == 8) split off
+    # from the odd vocabulary N = 50257 (K = 200 only renames its class): one more binary per config.
+    assert max(grown) <= 1, grown
 
 
 def test_class_key_refines_by_divisor():

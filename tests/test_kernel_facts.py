@@ -94,6 +94,10 @@ def _spec(fn, args, kwargs, arch=90):
         (1, 64, 80, False, True, 1),  # M == 1 is a constant; K % 16 == 0 but not % BLOCK_K
         (48, 64, 77, True, True, 1),
         (32, 48, 256, False, False, 4),  # split-K: fp32 workspace
+        (24, 40, 72, False, True, 1),  # K % 16 == 8, N % 16 == 8 (issue 27's divisor classes)
+        (20, 36, 68, True, False, 1),  # A transposed: M % 16 == 4 is A's leading stride; K % 16 == 4
+        (16, 34, 66, False, False, 2),  # N and K % 16 == 2, split-K
+        (40, 17, 64, True, True, 1),  # odd N
     ],
 )
 def test_cross_compile_arguments_specialize_like_launch(m, n, k, a_t, b_t, split, monkeypatch):
@@ -124,8 +128,17 @@ def test_entry_keys_and_classes():
     assert class_of_entry("sm90/f16/nt/even") == CompileClass(90, "float16", b_trans=True)
     assert class_of_entry("sm80/f32/tn/m1nxk16") == CompileClass(80, "float32", a_trans=True, m="1", n="x", k="16")
     assert class_of_entry("sm80/tf32/tt/a") == CompileClass(80, "tf32", a_trans=True, b_trans=True, k="16")
+    assert class_of_entry("sm90/f16/nt/m16n8k4") == CompileClass(90, "float16", b_trans=True, n="8", k="4")
     with pytest.raises(ValueError, match="kernel-facts entry key"):
-        class_of_entry("sm90/f16/nt/m2n2k2")
+        class_of_entry("sm90/f16/nt/m3n2k2")
+    # issue 27's classes: the largest power of two dividing N and K (8 elements = 16 B in fp16, 4 in fp32)
+    assert F.align_class(4096, 4096, 4104, cfg) == "m16n16k8"
+    assert F.align_class(4096, 1000, 4096, cfg) == "m16n8keven"
+    assert F.align_class(4096, 4096, 4104, cfg, elem_size=4) == "m16n16k4"  # fp32: 8 elements is 32 B, 4 is 16
+    assert F.align_class(4096, 4098, 4100, cfg) == "m16n2k4"
+    # M is a leading stride only with A transposed
+    assert F.align_class(4104, 4096, 4096, cfg) == "mxn16keven"
+    assert F.align_class(4104, 4096, 4096, cfg, a_trans=True) == "m8n16keven"
     # launch() caps split-K at the number of BLOCK_K steps: the binary that runs is the capped one
     assert F.launched_config(TileConfig(16, 32, 64, split_k=8), 64, 64, 256).split_k == 4
 
@@ -135,7 +148,7 @@ def test_lookup_misses_what_was_not_compiled(shipped):
     cfg = TileConfig.from_key(next(c for c in sorted(shipped.entries[key]) if "_s1_" in c))
     hit = F.lookup(cfg, arch=90, dtype="bfloat16", b_trans=True, m=4096, n=4096, k=4096)
     assert hit == shipped.get(cfg, key)
-    assert F.lookup(cfg, arch=90, dtype="float16", b_trans=True, m=4096, n=4095, k=4096) is None  # N % 16 != 0
+    assert F.lookup(cfg, arch=90, dtype="float16", b_trans=True, m=4096, n=4094, k=4096) is None  # N % 16 == 2
     assert F.lookup(cfg, arch=86, dtype="float16", b_trans=True) is None  # no sm_86 entries
 
 
@@ -177,9 +190,13 @@ def test_validity_from_facts_rejects_spills_and_shared_overflow(monkeypatch, fre
     assert F.check(fine, **kw) is None
     valid = ranking.valid_candidates(st, "float16", (4096, 4096, 4096, False, True, False))
     assert fine in valid and spills not in valid and too_big not in valid
-    # another class (N % 16 != 0) has no facts here: the estimate decides, so the config is back
+    # another alignment class (odd N) has no facts here: the aligned binary's spill still rules the config out,
+    # the estimate decides its shared memory
     other = ranking.valid_candidates(st, "float16", (4096, 4095, 4096, False, True, False))
-    assert spills in other
+    assert fine in other and spills not in other
+    assert "aligned binary" in F.check(spills, **{**kw, "n": 4095})
+    # another layout (nn) has no entry at all: the estimate decides, so the config is back
+    assert spills in ranking.valid_candidates(st, "float16", (4096, 4096, 4096, False, False, False))
 
 
 def _estimate_agreement(shipped, align: str | None = None):
@@ -279,7 +296,8 @@ def test_table_matches_the_device_compiler(shipped):
 
     cap = torch.cuda.get_device_capability()
     arch = cap[0] * 10 + cap[1]
-    keys = [k for k in (f"sm{arch}/f16/nt/even", f"sm{arch}/f16/nn/even") if k in shipped.entries]
+    classes = ("nt/even", "nn/even", "nt/m16n16k8", "nt/m16n8keven", "nn/m16n16k8")  # issue 27's classes too
+    keys = [f"sm{arch}/f16/{c}" for c in classes if f"sm{arch}/f16/{c}" in shipped.entries]
     if not keys:
         pytest.skip(f"the table has no sm_{arch} entries")
     fn = _jit_function()

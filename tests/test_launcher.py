@@ -60,6 +60,8 @@ def _case(rng: random.Random, jit) -> tuple[tuple, dict]:
             kwargs[p.name] = rng.choice([1, 16, 32])
         elif p.name == "INPUT_PRECISION":
             kwargs[p.name] = rng.choice(["tf32", "ieee"])
+        elif p.name.startswith("DIV_"):  # alignment facts (kernels/align.py): powers of two up to 8
+            kwargs[p.name] = rng.choice([1, 2, 4, 8])
         else:  # flags
             kwargs[p.name] = rng.choice([True, False, 1, 0]) if rng.random() < 0.1 else rng.choice([True, False])
     kwargs["num_warps"] = rng.choice([4, 8])
@@ -259,7 +261,7 @@ def test_launch_hooks_are_passed_when_registered(lean):
 def _operand(rng: random.Random, rows: int, cols: int, batch: int | None, dtype: torch.dtype) -> torch.Tensor:
     """A random operand view: offset into its storage, transposed or not, a broadcast (stride 0) batch or not."""
     shape = (rows, cols) if batch is None else (batch, rows, cols)
-    off = rng.choice([0, 0, 1, 3, 8])
+    off = rng.choice([0, 0, 1, 2, 3, 4, 8])  # pointers 16-, 2-, 4-, 8-byte aligned (fp16)
     base = torch.empty(off + rows * cols * (batch or 1), dtype=dtype)[off:]
     transposed = rng.random() < 0.4
     t = base.view(*shape[:-2], cols, rows).transpose(-1, -2) if transposed else base.view(shape)
@@ -283,7 +285,7 @@ def test_key_agrees_with_triton_on_what_launch_passes(monkeypatch):
     jit, binder = _binder()
     lean = launcher.LeanKernel(jit)  # (a JIT function, not the interpreter's wrapper, so that it has params)
     rng = random.Random(1)
-    sizes = [1, 2, 15, 16, 17, 32, 33, 48]
+    sizes = [1, 2, 4, 8, 15, 16, 17, 24, 32, 33, 36, 40, 48]  # every divisor class: 1, 2, 4, 8, 16, odd
     configs = [TileConfig(16, 16, 16), TileConfig(32, 16, 32, split_k=2), TileConfig(16, 32, 16, group_m=4)]
     n_cases = 600
     for _ in range(n_cases):

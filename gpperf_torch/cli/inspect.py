@@ -72,6 +72,8 @@ def inspect_config(
         "fits": found["shared_bytes"] <= dev.max_shared_memory and found["spill_bytes"] == 0 and blocks > 0,
         "source": source,
     }
+    if "global_loads" in found:  # a fresh compile: the global loads by kind and width (cp.async x 16 B, ...)
+        out["global_loads"] = found["global_loads"]
     if with_sass:
         out["sass"] = found["sass"]
     return out
@@ -91,6 +93,9 @@ def _print(info: dict[str, Any]) -> None:
         print(f"  launches as         {info['launched_config']} (split-K capped by K)")
     for f in ("registers", "spill_bytes", "shared_bytes", "mma", "sass_instructions", "blocks_per_sm"):
         print(f"  {f:<20} {info[f]}")
+    if "global_loads" in info:
+        loads = ", ".join(f"{v} {k}" for k, v in info["global_loads"].items())
+        print(f"  {'global_loads':<20} {loads or 'none'}")
     print(f"  {'fits':<20} {'yes' if info['fits'] else 'no: ' + '; '.join(why or ['no block fits on an SM'])}")
     print(f"  {'source':<20} {info['source']}")
     if "sass" in info:
