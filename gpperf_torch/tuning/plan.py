@@ -170,9 +170,10 @@ def order_work(per_problem: dict[Problem, list[WorkItem]], *, chunk: int, seed: 
 
 # ---- precompilation (GPU only) ----------------------------------------------------------------------
 def _proxy_dim(d: int) -> int:
-    # Triton specializes integer arguments on ==1 and %16==0; a tiny tensor in the same class compiles the
-    # same binary, which lands in the on-disk cache the measuring process then loads.
-    return 1 if d == 1 else (16 if d % 16 == 0 else 17)
+    # Triton specializes integer arguments on ==1 and %16==0, and launch passes the largest power of two up to
+    # 8 dividing sizes and strides (kernels/align.py); a tiny tensor in the same class compiles the same binary,
+    # which lands in the on-disk cache the measuring process then loads.
+    return 1 if d == 1 else (16 if d % 16 == 0 else 16 + (d & -d))
 
 
 def _proxy_k(k: int, cfg: Any) -> int:
@@ -181,7 +182,7 @@ def _proxy_k(k: int, cfg: Any) -> int:
     eff = min(cfg.split_k, -(-k // cfg.block_k))  # launch() never runs empty K slices
     if k % cfg.block_k == 0:  # the EVEN_K binary (no K masks): keep K % BLOCK_K == 0
         return eff * cfg.block_k
-    return (eff - 1) * cfg.block_k + (16 if k % 16 == 0 else 17)
+    return (eff - 1) * cfg.block_k + (16 if k % 16 == 0 else 16 + (k & -k))
 
 
 def variant_of(item: WorkItem) -> tuple | None:
