@@ -257,3 +257,20 @@ def test_output_rounds_to_nearest_even_like_torch(device, dtype, config):
     if dtype != torch.float32:
         # nearest-even: 1/4 and the 1/2 tie go down to 1, 3/4 up to 1 + ulp, the 3/2 tie up to 1 + 2 ulp
         assert out[0].double().cpu().tolist() == [1.0, 1.0, 1.0 + ulp, 1.0 + 2 * ulp]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("offset", [1, 2, 4], ids=lambda o: f"off{o}")
+@pytest.mark.parametrize("layout", ["a_sliced", "b_transposed_sliced", "both"])
+def test_views_with_weakly_aligned_pointers(device, dtype, offset, layout):
+    """Views starting `offset` elements into their storage (pointers 2-, 4- or 8-byte aligned in fp16/bf16, 4-
+    or 8-byte and 16 in fp32), with K % 16 == 8 and an odd N, read in place: the op's result matches float64."""
+    m, n, k = 37, 41, 72
+    big_a = randn(m, k + 16, dtype=dtype, device=device)
+    big_b = randn(n + 3, k + 16, dtype=dtype, device=device)
+    a = big_a[:, offset : offset + k] if layout != "b_transposed_sliced" else randn(m, k, dtype=dtype, device=device)
+    b = big_b[1 : n + 1, offset : offset + k].t() if layout != "a_sliced" else randn(k, n, dtype=dtype, device=device)
+    if layout != "b_transposed_sliced":
+        assert a.data_ptr() % 16 != 0 or offset * a.element_size() % 16 == 0
+    assert_close_to_reference(gp.matmul(a, b, config=SMALL), a, b)
