@@ -1,7 +1,8 @@
 """Pure-Triton kernels of gpperf-torch (installed as ``gpperf_torch.kernels``).
 
 Owns the `@triton.jit` matmul and its wrapper (`matmul`), `TileConfig` and the candidate space (`configs`), the
-lean launcher (`launcher`) and the cross-compiled facts of each config (`crosscompile`, `facts`, `build_facts`).
+lean launcher (`launcher`), the alignment facts a launch passes (`align`) and the cross-compiled facts of each
+config (`crosscompile`, `facts`, `build_facts`).
 Imports no other part of gpperf_torch, nor torch.library, ONNX or NVML.
 """
 

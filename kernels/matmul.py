@@ -5,6 +5,12 @@ Batched operands (B, M, K) @ (B, K, N) run in one launch (grid axis 2); a broadc
 Structure follows Triton's tutorial 03: arguments grouped (pointers, sizes, strides, meta-parameters), grouped
 program ordering for L2 reuse, a masked K loop, an fp32 accumulator. Split-K writes fp32 partial sums to a
 workspace that a second kernel reduces in a fixed order, so results are bitwise reproducible (no atomics).
+
+Alignment facts (kernels/align.py, issue 27): launch passes the largest power of two dividing K, N and every
+stride as constexprs (DIV_*), and the kernel rebuilds those values as multiples of them, so the compiler keeps
+vector loads and cp.async on unaligned shapes as Inductor's template does. Per-element offsets are int32 within a
+matrix (the batch, split-K and K-start offsets move the base pointers in 64-bit); INDEX_64 only where a matrix
+passes 2**31 elements.
 """
 
 from __future__ import annotations

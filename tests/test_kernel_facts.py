@@ -43,8 +43,12 @@ def test_table_matches_this_kernel(shipped):
         "`nice -n 15 python -m gpperf_torch.kernels.build_facts --jobs 2` (docs/kernel_facts.md)"
     )
     assert F.table() is not None
-    assert len(shipped) > 1000
+    # The issue-27 rebuild was cut by its CPU budget (docs/kernel_facts.md lists what it holds): fp16 in nn.Linear's
+    # layout on both targets, aligned and the two most common unaligned classes, at least.
+    assert len(shipped) > 900
     assert {k.split("/")[0] for k in shipped.entries} == {"sm80", "sm90"}
+    for arch in (80, 90):
+        assert {f"sm{arch}/f16/nt/even", f"sm{arch}/f16/nt/m16n8keven"} <= set(shipped.entries)
 
 
 def test_sampled_entries_match_fresh_compiles(shipped):
