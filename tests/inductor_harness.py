@@ -171,7 +171,10 @@ def fake_h100(timings: Callable = extern_last_template_fastest, *, max_autotune:
         mock.patch.object(AlgorithmSelectorCache, "benchmark", benchmark),
         mock.patch.object(AlgorithmSelectorCache, "make_precompile_fn", lambda self, *a, **k: lambda: {}),
         # benchmarks at lowering only (not deferred into fusion decisions, which compile kernels); no disk cache
+        # one compile thread: with a process pool warmed by an earlier torch.compile in the session, codegen
+        # would hand every kernel to the pool at once (and load it: "no active GPU backend"), not just write it
         config.patch(
+            compile_threads=1,
             autotune_local_cache=False,
             benchmark_epilogue_fusion=False,
             max_autotune=max_autotune,
