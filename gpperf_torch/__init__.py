@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 
-BACKENDS = ("op", "inductor")
+_EXPLAIN_BACKENDS = ("op", "inductor")
 
 
 def explain(m: int, n: int, k: int, *, backend: str = "op", **kwargs) -> list[dict]:
@@ -77,7 +77,7 @@ def explain(m: int, n: int, k: int, *, backend: str = "op", **kwargs) -> list[di
         from .inductor.policy import explain as explain_inductor
 
         return explain_inductor(m, n, k, **kwargs)
-    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    raise ValueError(f"backend must be one of {_EXPLAIN_BACKENDS}, got {backend!r}")
 
 
 def __getattr__(name: str):
