@@ -21,7 +21,7 @@ if not _os.path.isdir(_os.path.join(_here, "kernels")) and _os.path.isfile(
     __path__.append(_os.path.dirname(_here))
 
 from . import energy, kernels, stats
-from .errors import ConfigError, DeviceMismatchError, DtypeError, ModelError, ShapeError
+from .errors import ConfigError, DeviceMismatchError, DtypeError, ModelError, ShapeError, UserError
 from .kernels import TileConfig, candidate_space
 from .nn import Linear, patch, record_shapes, recording, unpatch
 from .ops import linear, matmul
@@ -63,7 +63,7 @@ __all__ = [
 ]
 
 
-BACKENDS = ("op", "inductor")
+_EXPLAIN_BACKENDS = ("op", "inductor")
 
 
 def explain(m: int, n: int, k: int, *, backend: str = "op", **kwargs) -> list[dict]:
@@ -81,7 +81,7 @@ def explain(m: int, n: int, k: int, *, backend: str = "op", **kwargs) -> list[di
         from .inductor.policy import explain as explain_inductor
 
         return explain_inductor(m, n, k, **kwargs)
-    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    raise UserError(f"backend must be one of {_EXPLAIN_BACKENDS}, got {backend!r}")
 
 
 def __getattr__(name: str):
