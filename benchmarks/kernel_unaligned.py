@@ -81,6 +81,20 @@ def compare(before: str, after: str, template: str) -> str:
     return "\n".join(lines)
 
 
+def emit(row: dict, out) -> None:
+    """Print one facts row (with its SASS count where it has one) and append it to `out` (JSON lines) at once, so an
+    interrupted run keeps what it compiled."""
+    sass = f" {row['sass_instructions']:>6}" if "sass_instructions" in row else ""
+    print(
+        f"{row['config']:<26} {row['case']:<20} {row['registers']:>5} {row['spill_bytes']:>6} "
+        f"{row['shared_bytes'] / 1024:>8.0f}{sass}  " + ", ".join(f"{v} {k}" for k, v in row["loads"].items()),
+        flush=True,
+    )
+    if out:
+        out.write(json.dumps(row) + "\n")
+        out.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=None, help="JSON lines to append the rows to")
@@ -105,15 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             row = {"config": config, "case": name, "m": m, "n": n, "k": k, "a_trans": at, "b_trans": bt}
             row.update({f: info[f] for f in ("registers", "spill_bytes", "shared_bytes", "sass_instructions")})
             row["loads"] = loads
-            print(
-                f"{config:<26} {name:<20} {row['registers']:>5} {row['spill_bytes']:>6} "
-                f"{row['shared_bytes'] / 1024:>8.0f} {row['sass_instructions']:>6}  "
-                + ", ".join(f"{v} {k}" for k, v in loads.items()),
-                flush=True,
-            )
-            if out:
-                out.write(json.dumps(row) + "\n")
-                out.flush()
+            emit(row, out)
     if out:
         out.close()
     return 0

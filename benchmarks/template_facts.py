@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.kernel_unaligned import CASES, CONFIGS  # noqa: E402
+from benchmarks.kernel_unaligned import CASES, CONFIGS, emit  # noqa: E402
 from gpperf_torch.kernels import TileConfig  # noqa: E402
 
 _SRC = """
@@ -183,14 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, m, n, k, at, bt in cases:
             row = {"config": config, "case": name, "m": m, "n": n, "k": k, "a_trans": at, "b_trans": bt}
             row.update(facts(cfg, m, n, k, at, bt))
-            print(
-                f"{config:<26} {name:<20} {row['registers']:>5} {row['spill_bytes']:>6} "
-                f"{row['shared_bytes'] / 1024:>8.0f}  " + ", ".join(f"{v} {k}" for k, v in row["loads"].items()),
-                flush=True,
-            )
-            if out:
-                out.write(json.dumps(row) + "\n")
-                out.flush()
+            emit(row, out)
     if out:
         out.close()
     return 0

@@ -189,3 +189,18 @@ class FakeGpu:
 def kernel_on(gpu: FakeGpu, seconds: float, watts: float):
     """A zero-argument callable that 'runs' a kernel of `seconds` at `watts` on the fake GPU."""
     return lambda: gpu.run(seconds, watts)
+
+
+class LaunchRecorder:
+    """Stands in for a jitted kernel (`kernel[grid](...)`): records each launch's (args, kwargs), then runs the
+    real one."""
+
+    def __init__(self, real):
+        self.real, self.calls = real, []
+
+    def __getitem__(self, grid):
+        def run(*args, **kwargs):
+            self.calls.append((args, kwargs))
+            return self.real[grid](*args, **kwargs)
+
+        return run

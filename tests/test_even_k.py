@@ -13,7 +13,7 @@ import torch
 from gpperf_torch.kernels import TileConfig, launch
 from gpperf_torch.kernels import matmul as matmul_mod
 
-from helpers import DEVICES, assert_close_to_reference, randn
+from helpers import DEVICES, LaunchRecorder, assert_close_to_reference, randn
 
 BK = 32
 CASES = [  # (K, split_k, expected EVEN_K)
@@ -29,25 +29,11 @@ CASES = [  # (K, split_k, expected EVEN_K)
 ]
 
 
-class _Recorder:
-    """Stands in for the jitted kernel: records the launch's keyword arguments, then runs the real one."""
-
-    def __init__(self, real):
-        self.real, self.calls = real, []
-
-    def __getitem__(self, grid):
-        def run(*args, **kwargs):
-            self.calls.append((args, kwargs))
-            return self.real[grid](*args, **kwargs)
-
-        return run
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
 @pytest.mark.parametrize(("k", "split_k", "even"), CASES, ids=lambda v: str(v))
 def test_even_k_paths_match_reference(device, dtype, k, split_k, even, monkeypatch):
-    rec = _Recorder(matmul_mod._MATMUL)
+    rec = LaunchRecorder(matmul_mod._MATMUL)
     monkeypatch.setattr(matmul_mod, "_MATMUL", rec)
     m, n = 20, 24
     a, b = randn(m, k, dtype=dtype, device=device), randn(k, n, dtype=dtype, device=device)

@@ -17,24 +17,10 @@ from gpperf_torch.kernels import facts as F
 from gpperf_torch.kernels import matmul as matmul_mod
 from gpperf_torch.kernels.align import cap_for, divisors, launch_constexprs, needs_int64, pow2_divisor
 
-from helpers import DEVICES, assert_close_to_reference, randn
+from helpers import DEVICES, LaunchRecorder, assert_close_to_reference, randn
 
 CFG = TileConfig(16, 32, 32, num_warps=4, num_stages=2)
 DIV_NAMES = ("DIV_K", "DIV_N", "DIV_AM", "DIV_AK", "DIV_BK", "DIV_BN", "DIV_CM", "DIV_CN")
-
-
-class _Recorder:
-    """Stands in for the jitted kernel: records each launch's arguments, then runs the real one."""
-
-    def __init__(self, real):
-        self.real, self.calls = real, []
-
-    def __getitem__(self, grid):
-        def run(*args, **kwargs):
-            self.calls.append((args, kwargs))
-            return self.real[grid](*args, **kwargs)
-
-        return run
 
 
 def _misaligned(rows: int, cols: int, *, dtype, device, align_bytes: int, ld: int | None = None) -> torch.Tensor:
@@ -72,7 +58,7 @@ SHAPES = [(40, 24, 72, 8), (33, 17, 68, 4), (19, 40, 66, 2), (24, 41, 64, 0), (1
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_weakly_aligned_views_match_reference(device, dtype, align, operand, shape, monkeypatch):
     m, n, k, pad = shape
-    rec = _Recorder(matmul_mod._MATMUL)
+    rec = LaunchRecorder(matmul_mod._MATMUL)
     monkeypatch.setattr(matmul_mod, "_MATMUL", rec)
     a = randn(m, k, dtype=dtype, device=device)
     b = randn(k, n, dtype=dtype, device=device)
@@ -109,7 +95,7 @@ def test_weakly_aligned_views_match_reference(device, dtype, align, operand, sha
 def test_sliced_offset_transposed_views(device, dtype, view, monkeypatch):
     """Views whose pointers move by 1-7 elements (2-14 bytes in fp16) and whose strides are not those of a
     fresh tensor: each launch's claims hold and the result matches the float64 reference."""
-    rec = _Recorder(matmul_mod._MATMUL)
+    rec = LaunchRecorder(matmul_mod._MATMUL)
     monkeypatch.setattr(matmul_mod, "_MATMUL", rec)
     big = randn(80, 96, dtype=dtype, device=device)
     if view == "a_transposed_offset":
@@ -203,7 +189,7 @@ def test_gemm_past_int32_offsets_on_the_interpreter(operand, tmp_path, monkeypat
     the touched pages exist), so the interpreter reads and writes at offsets past 2**31 elements for real."""
     if not matmul_mod.interpreting():
         pytest.skip("runs on the Triton interpreter (TRITON_INTERPRET=1)")
-    rec = _Recorder(matmul_mod._MATMUL)
+    rec = LaunchRecorder(matmul_mod._MATMUL)
     monkeypatch.setattr(matmul_mod, "_MATMUL", rec)
     n_el = 2**31 + 2**20
     path = tmp_path / "sparse.bin"
